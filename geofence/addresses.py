@@ -1,0 +1,189 @@
+"""IP address parsing, normalisation and the special-purpose ranges that must never be geolocated.
+
+Addresses are handled as integers in one 128-bit key space where IPv4 lives at ``::ffff:0:0/96`` (its
+IPv4-mapped form). That makes ``1.2.3.4`` and ``::ffff:1.2.3.4`` the same key without a branch, lets one cache
+hold both families, and keeps parsing to a single ``inet_pton`` call: no ``ipaddress`` objects on the hot path.
+
+The special-purpose table follows the IANA IPv4 and IPv6 Special-Purpose Address Registries (RFC 6890 and its
+updates), entries whose "Globally Reachable" is False. Python's ``ipaddress.is_global`` is not used: in 3.11 it
+calls multicast (``ff02::1``) global.
+"""
+
+from __future__ import annotations
+
+import socket
+from bisect import bisect_right
+from typing import Final, NamedTuple
+
+from .errors import InvalidAddressError
+
+__all__ = [
+    "V4_BASE",
+    "Address",
+    "SpecialRange",
+    "address_key",
+    "format_network",
+    "key_address",
+    "parse_address",
+    "special_range",
+]
+
+V4_BASE: Final = 0xFFFF << 32
+"""Key of ``0.0.0.0``: IPv4 addresses are keyed as their IPv4-mapped IPv6 form."""
+_V4_MAX: Final = V4_BASE | 0xFFFFFFFF
+_MAX_TEXT: Final = 64  # longest IPv6 text (45) plus a generous zone id
+
+_inet_pton = socket.inet_pton
+_inet_ntop = socket.inet_ntop
+_from_bytes = int.from_bytes
+_AF_INET = socket.AF_INET
+_AF_INET6 = socket.AF_INET6
+
+
+class Address(NamedTuple):
+    """A parsed address: its key, the text a database reader is given, and its family."""
+
+    key: int
+    text: str
+    version: int
+
+
+def address_key(text: str) -> int:
+    """The key of address *text*: the hot-path half of :func:`parse_address` (no object built for IPv4)."""
+    if type(text) is str and ":" not in text:
+        try:
+            return V4_BASE | _from_bytes(_inet_pton(_AF_INET, text), "big")
+        except (OSError, ValueError):
+            pass
+    return parse_address(text).key
+
+
+def parse_address(text: str) -> Address:
+    """Parse *text* as an IP address and normalise it.
+
+    IPv4-mapped IPv6 (``::ffff:a.b.c.d``) becomes the IPv4 address; an IPv6 zone id (``fe80::1%eth0``) is
+    dropped. Anything else that is not a strict address (leading zeros, short forms, brackets, ports,
+    whitespace) raises :class:`InvalidAddressError`: guessing what a malformed address meant is how
+    allow/deny filters get bypassed.
+    """
+    if type(text) is not str:
+        raise InvalidAddressError(f"expected an IP address string, got {type(text).__name__}")
+    try:
+        if ":" not in text:
+            key = V4_BASE | _from_bytes(_inet_pton(_AF_INET, text), "big")
+        else:
+            if "%" in text:
+                text, _, zone = text.partition("%")
+                if not zone:
+                    raise OSError
+            key = _from_bytes(_inet_pton(_AF_INET6, text), "big")
+    except (OSError, ValueError):  # ValueError: embedded NUL
+        shown = text if len(text) <= _MAX_TEXT else text[:_MAX_TEXT] + "..."
+        raise InvalidAddressError(f"{shown!r} is not a valid IP address") from None
+    return key_address(key)
+
+
+def key_address(key: int) -> Address:
+    """The :class:`Address` of a key: canonical text (IPv4 dotted quad, IPv6 RFC 5952) and family."""
+    if V4_BASE <= key <= _V4_MAX:
+        return Address(key, _inet_ntop(_AF_INET, (key & 0xFFFFFFFF).to_bytes(4, "big")), 4)
+    return Address(key, _inet_ntop(_AF_INET6, key.to_bytes(16, "big")), 6)
+
+
+def format_network(key: int, prefix: int) -> str:
+    """CIDR text of the network of *prefix* bits (in the 128-bit key space) that contains *key*."""
+    start = key & ~((1 << (128 - prefix)) - 1)
+    if prefix >= 96 and V4_BASE <= start <= _V4_MAX:
+        return f"{_inet_ntop(_AF_INET, (start & 0xFFFFFFFF).to_bytes(4, 'big'))}/{prefix - 96}"
+    return f"{_inet_ntop(_AF_INET6, start.to_bytes(16, 'big'))}/{prefix}"
+
+
+class SpecialRange(NamedTuple):
+    """A range of addresses that is not globally reachable, so has no geography."""
+
+    first: int
+    last: int
+    network: str
+    reason: str
+
+
+# (network, reason) in order of increasing specificity: a later, narrower entry overrides an earlier, wider one,
+# and a reason of None carves out an assignment the registry marks globally reachable. Reasons are stable codes:
+# they appear in JSON output and in decisions.
+_SPECIAL_PURPOSE: Final[tuple[tuple[str, str | None], ...]] = (
+    ("0.0.0.0/8", "unspecified"),  # "this network"
+    ("10.0.0.0/8", "private"),
+    ("100.64.0.0/10", "cgnat"),  # shared address space, RFC 6598
+    ("127.0.0.0/8", "loopback"),
+    ("169.254.0.0/16", "link_local"),
+    ("172.16.0.0/12", "private"),
+    ("192.0.0.0/24", "reserved"),  # IETF protocol assignments
+    ("192.0.0.9/32", None),
+    ("192.0.0.10/32", None),
+    ("192.0.2.0/24", "documentation"),
+    ("192.88.99.0/24", "reserved"),  # deprecated 6to4 relay anycast
+    ("192.168.0.0/16", "private"),
+    ("198.18.0.0/15", "benchmarking"),
+    ("198.51.100.0/24", "documentation"),
+    ("203.0.113.0/24", "documentation"),
+    ("224.0.0.0/4", "multicast"),
+    ("240.0.0.0/4", "reserved"),  # incl. 255.255.255.255 and Cloudflare "pseudo IPv4"
+    ("::/96", "reserved"),  # deprecated IPv4-compatible addresses
+    ("::/128", "unspecified"),
+    ("::1/128", "loopback"),
+    ("64:ff9b:1::/48", "private"),  # local-use IPv4/IPv6 translation, RFC 8215
+    ("100::/64", "reserved"),  # discard-only, RFC 6666
+    ("2001::/23", "reserved"),  # IETF protocol assignments, incl. Teredo (2001::/32)
+    ("2001:1::1/128", None),
+    ("2001:1::2/128", None),
+    ("2001:2::/48", "benchmarking"),
+    ("2001:3::/32", None),
+    ("2001:4:112::/48", None),
+    ("2001:20::/28", None),
+    ("2001:30::/28", None),
+    ("2001:db8::/32", "documentation"),
+    ("3fff::/20", "documentation"),  # RFC 9637
+    ("5f00::/16", "reserved"),  # SRv6 SIDs, RFC 9602
+    ("fc00::/7", "private"),  # unique local
+    ("fe80::/10", "link_local"),
+    ("fec0::/10", "private"),  # deprecated site-local
+    ("ff00::/8", "multicast"),
+)
+
+
+def _build_table() -> tuple[list[int], list[SpecialRange]]:
+    """Paint the entries in order onto the key space, then read off the disjoint special runs."""
+    painted: list[tuple[int, int, str, str | None]] = []  # disjoint (first, last, network, reason)
+    for network, reason in _SPECIAL_PURPOSE:
+        text, _, bits = network.partition("/")
+        address = parse_address(text)
+        first = address.key
+        last = first | ((1 << (128 - int(bits) - (96 if address.version == 4 else 0))) - 1)
+        kept = []
+        for f, l, n, r in painted:
+            if l < first or f > last:
+                kept.append((f, l, n, r))
+                continue
+            if f < first:
+                kept.append((f, first - 1, n, r))
+            if l > last:
+                kept.append((last + 1, l, n, r))
+        kept.append((first, last, network, reason))
+        painted = sorted(kept)
+    ranges = [SpecialRange(f, l, n, r) for f, l, n, r in painted if r is not None]
+    return [r.first for r in ranges], ranges
+
+
+_SPECIAL_FIRSTS, _SPECIAL = _build_table()
+
+
+def special_range(key: int) -> tuple[SpecialRange | None, int, int]:
+    """Classify *key*: the special range holding it (or None), and the bounds of the run of keys around it
+    that share that answer. Callers use the bounds to cache a lookup without ever covering a special range."""
+    i = bisect_right(_SPECIAL_FIRSTS, key) - 1
+    if i >= 0 and key <= _SPECIAL[i].last:
+        found = _SPECIAL[i]
+        return found, found.first, found.last
+    low = _SPECIAL[i].last + 1 if i >= 0 else 0
+    high = _SPECIAL[i + 1].first - 1 if i + 1 < len(_SPECIAL) else (1 << 128) - 1
+    return None, low, high

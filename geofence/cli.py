@@ -1,0 +1,213 @@
+"""The ``geofence`` command: thin shells over the library.
+
+Exit codes: 0 success, 2 bad input (address, database, arguments); errors are one line on stderr. Set
+``GEOFENCE_DEBUG=1`` to get a traceback for an unexpected error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+from maxminddb.errors import InvalidDatabaseError
+
+from . import __version__
+from .addresses import parse_address
+from .databases import GeoDatabase, default_database_path, open_database
+from .errors import GeofenceError
+from .location import Location
+from .locator import Locator
+
+EXIT_OK = 0
+EXIT_USAGE = 2
+
+ATTRIBUTION = "IP geolocation by DB-IP (https://db-ip.com), licensed CC BY 4.0"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    handler: Callable[[argparse.Namespace], int] | None = getattr(args, "handler", None)
+    if handler is None:
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    try:
+        return handler(args)
+    except GeofenceError as exc:
+        print(f"geofence: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:  # `geofence lookup ... | head`
+        sys.stderr.close()
+        return EXIT_OK
+    except Exception as exc:
+        if os.environ.get("GEOFENCE_DEBUG"):
+            raise
+        print(f"geofence: internal error: {type(exc).__name__}: {exc} (GEOFENCE_DEBUG=1 shows more)", file=sys.stderr)
+        return 70
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="geofence",
+        description="Export-control geofencing: resolve callers to jurisdictions and decide access.",
+    )
+    parser.add_argument("--version", action="version", version=f"geofence {__version__}")
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND")
+
+    lookup = commands.add_parser(
+        "lookup",
+        help="resolve IP addresses to jurisdictions",
+        description="Resolve IP addresses with the configured GeoIP databases (default: the bundled DB-IP Lite).",
+    )
+    lookup.add_argument("ips", nargs="+", metavar="IP", help="IPv4 or IPv6 address; '-' reads addresses from stdin")
+    lookup.add_argument(
+        "--db",
+        action="append",
+        metavar="PATH",
+        help="a MaxMind-format database; repeat for several, first has priority (default: bundled)",
+    )
+    lookup.add_argument("--json", action="store_true", help="one JSON object per address per line")
+    lookup.set_defaults(handler=_lookup)
+
+    db = commands.add_parser("db", help="inspect GeoIP databases").add_subparsers(title="db commands", metavar="CMD")
+    info = db.add_parser(
+        "info",
+        help="show a database's type, build date and age",
+        description="Show a database's metadata, detected schema, build date and age.",
+    )
+    info.add_argument("path", nargs="?", metavar="PATH", help="database file (default: the bundled one)")
+    info.add_argument("--json", action="store_true", help="print one JSON object")
+    info.add_argument("--verify", action="store_true", help="also walk the whole search tree and decode every record")
+    info.set_defaults(handler=_db_info)
+    return parser
+
+
+def _read_ips(values: Sequence[str], stdin: TextIO) -> list[str]:
+    ips: list[str] = []
+    for value in values:
+        ips.extend(stdin.read().split() if value == "-" else [value])
+    return ips
+
+
+def _lookup(args: argparse.Namespace) -> int:
+    ips = _read_ips(args.ips, sys.stdin)
+    bad = []
+    for ip in ips:
+        try:
+            parse_address(ip)
+        except GeofenceError as exc:
+            bad.append(str(exc))
+    if bad:
+        raise GeofenceError("; ".join(bad))
+    with Locator(args.db) as locator:
+        results = [(ip, locator.lookup(ip)) for ip in ips]
+        if args.json:
+            for ip, location in results:
+                print(json.dumps({"ip": ip, "address": parse_address(ip).text, **location.as_dict()}))
+        else:
+            _print_table(results, locator, sys.stdout)
+    return EXIT_OK
+
+
+def _anonymizer_text(location: Location) -> str:
+    if location.anonymizer is None:
+        return "n/a"
+    flags = [name for name, value in location.anonymizer.as_dict().items() if value]
+    return ",".join(flags) if flags else "no"
+
+
+def _print_table(results: list[tuple[str, Location]], locator: Locator, out: TextIO) -> None:
+    headers = ("IP", "COUNTRY", "REGISTERED", "REPRESENTED", "SUBDIVISIONS", "NETWORK", "ANONYMIZER", "NOTE")
+    rows = []
+    for ip, loc in results:
+        represented = loc.represented_country or "-"
+        if loc.represented_country_type:
+            represented += f" ({loc.represented_country_type})"
+        notes = []
+        if loc.reason:
+            notes.append(f"not geolocatable: {loc.reason}")
+        if loc.other_countries:
+            notes.append("other databases say " + ",".join(loc.other_countries))
+        rows.append(
+            (
+                ip,
+                loc.country or "-",
+                loc.registered_country or "-",
+                represented,
+                ",".join(loc.subdivisions) or "-",
+                loc.network,
+                _anonymizer_text(loc),
+                "; ".join(notes),
+            )
+        )
+    widths = [max(len(str(row[i])) for row in [headers, *rows]) for i in range(len(headers))]
+    for row in [headers, *rows]:
+        print("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths)).rstrip(), file=out)
+    print(file=out)
+    bundled = default_database_path()
+    for db in locator.databases:
+        info = db.info
+        print(f"database: {info.path} ({info.type}, built {info.build_date.isoformat()})", file=out)
+        if Path(info.path) == bundled:
+            print(f"          {ATTRIBUTION}", file=out)
+
+
+def _db_info(args: argparse.Namespace) -> int:
+    path = args.path or str(default_database_path())
+    db = open_database(path)
+    try:
+        report = _describe(db)
+        if args.verify:
+            report["verified_networks"] = _verify(db)
+    finally:
+        db.close()
+    if args.json:
+        print(json.dumps(report))
+    else:
+        width = max(len(key) for key in report)
+        for key, value in report.items():
+            shown = ", ".join(map(str, value)) if isinstance(value, list) else value
+            print(f"{key.replace('_', ' '):<{width}}  {shown}")
+        if Path(path).resolve() == default_database_path():
+            print(f"{'attribution':<{width}}  {ATTRIBUTION}")
+    return EXIT_OK
+
+
+def _describe(db: GeoDatabase) -> dict[str, Any]:
+    meta, info = db.metadata, db.info
+    age_days = int((time.time() - info.build_epoch) // 86400)
+    return {
+        "path": info.path,
+        "type": info.type,
+        "schema": info.schema,
+        "ip_version": meta.ip_version,
+        "node_count": meta.node_count,
+        "record_size": meta.record_size,
+        "binary_format": f"{meta.binary_format_major_version}.{meta.binary_format_minor_version}",
+        "build_epoch": info.build_epoch,
+        "build_date": info.build_date.isoformat(),
+        "age_days": age_days,
+        "languages": list(meta.languages),
+        "description": dict(meta.description).get("en") or next(iter(dict(meta.description).values()), ""),
+        "size_bytes": os.path.getsize(info.path),
+    }
+
+
+def _verify(db: GeoDatabase) -> int:
+    """Walk every network and adapt every record: finds corruption a spot check at open time cannot."""
+    count = 0
+    try:
+        for _network, record in db.reader:
+            db.facts(record)
+            count += 1
+    except (InvalidDatabaseError, ValueError, UnicodeDecodeError) as exc:
+        raise GeofenceError(f"{db.info.path}: corrupt after {count} networks ({exc})") from None
+    return count

@@ -1,0 +1,172 @@
+"""IP address → :class:`Location`: merge what every configured database says, cache it per network.
+
+The cache belongs to the :class:`Locator` and so to the readers it opened: swapping databases means building a
+new Locator, which can never serve an entry computed from the old files.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Final
+
+from maxminddb.errors import InvalidDatabaseError
+
+from .addresses import address_key, format_network, key_address, special_range
+from .databases import GeoDatabase, default_database_path, open_database
+from .errors import DatabaseError
+from .location import Anonymizer, Location
+from .netcache import NetworkCache
+
+__all__ = ["DEFAULT_CACHE_SIZE", "Locator"]
+
+DEFAULT_CACHE_SIZE: Final = 65_536
+"""Networks kept in the cache (about 20 MB at the most with a country database)."""
+
+
+class Locator:
+    """Resolves addresses with one or more MaxMind-format databases.
+
+    Databases are given in priority order. The first one that names a country decides ``country``,
+    ``represented_country`` and (with the first to list them for that country) ``subdivisions``; countries
+    named by the others are kept in ``other_countries``. Anonymizer flags from every anonymizer-capable
+    database are OR-ed. The merged network is the intersection of the databases' networks.
+    """
+
+    __slots__ = ("_cache", "_databases", "_special")
+
+    def __init__(
+        self,
+        databases: Sequence[str | os.PathLike[str]] | None = None,
+        *,
+        cache_size: int = DEFAULT_CACHE_SIZE,
+    ) -> None:
+        paths = [default_database_path()] if databases is None else list(databases)
+        if not paths:
+            raise DatabaseError("no GeoIP database configured")
+        opened: list[GeoDatabase] = []
+        try:
+            for path in paths:
+                opened.append(open_database(path))
+        except BaseException:
+            for db in opened:
+                db.close()
+            raise
+        self._databases: tuple[GeoDatabase, ...] = tuple(opened)
+        self._cache: NetworkCache[Location] = NetworkCache(cache_size)
+        self._special: dict[str, Location] = {}
+
+    @property
+    def databases(self) -> tuple[GeoDatabase, ...]:
+        return self._databases
+
+    def lookup(self, ip: str) -> Location:
+        """The Location of the network holding *ip*.
+
+        Raises :class:`~geofence.errors.InvalidAddressError` for text that is not an address and
+        :class:`~geofence.errors.DatabaseError` when a database turns out corrupt at this address.
+        """
+        key = address_key(ip)
+        location = self._cache.get(key)
+        if location is None:
+            # A dotted quad that parsed is already canonical: reuse it rather than format the key again.
+            location = self._resolve(key, ip if ":" not in ip else None)
+        return location
+
+    def lookup_key(self, key: int) -> Location:
+        """Like :meth:`lookup` for a key from :func:`~geofence.addresses.address_key` (no parsing)."""
+        location = self._cache.get(key)
+        return location if location is not None else self._resolve(key)
+
+    def _resolve(self, key: int, ipv4_text: str | None = None) -> Location:
+        special, low, high = special_range(key)
+        if special is not None:
+            location = self._special.get(special.network)
+            if location is None:
+                location = Location(network=special.network, reason=special.reason)
+                self._special[special.network] = location
+            return location
+        if ipv4_text is None:
+            address = key_address(key)
+            text, v4 = address.text, address.version == 4
+        else:
+            text, v4 = ipv4_text, True
+        prefix = 0
+        country = registered = represented = represented_type = None
+        subdivisions: tuple[str, ...] = ()
+        others: list[str] = []
+        anonymizer: Anonymizer | None = None
+        answered = []
+        for db in self._databases:
+            if db.ip_version == 4 and not v4:
+                continue  # an IPv4-only database knows nothing of this whole family
+            try:
+                record, length = db.reader.get_with_prefix_len(text)
+            except (InvalidDatabaseError, ValueError, UnicodeDecodeError) as exc:
+                if db.reader.closed:
+                    raise DatabaseError(f"{db.info.path}: the database was closed") from None
+                raise DatabaseError(f"{db.info.path}: corrupt data at {text} ({exc})") from None
+            length = max(length, 0) + (96 if v4 else 0)
+            if length > prefix:
+                prefix = length
+            facts = db.facts(record)
+            if record or db.anonymizer_capable:
+                answered.append(db.info)
+            if facts.country is not None:
+                if country is None:
+                    country = facts.country
+                    represented, represented_type = facts.represented_country, facts.represented_country_type
+                elif facts.country != country and facts.country not in others:
+                    others.append(facts.country)
+            if not subdivisions and facts.subdivisions and facts.country == country:
+                subdivisions = facts.subdivisions
+            if registered is None:
+                registered = facts.registered_country
+            if db.anonymizer_capable or facts.anonymizer is not None:
+                anonymizer = _merge(anonymizer, facts.anonymizer or _NOT_ANONYMOUS)
+        location = Location(
+            network=format_network(key, prefix),
+            country=country,
+            registered_country=registered,
+            represented_country=represented,
+            represented_country_type=represented_type,
+            subdivisions=subdivisions,
+            other_countries=tuple(others),
+            anonymizer=anonymizer,
+            reason=None if country is not None else "not_found",
+            databases=tuple(answered),
+        )
+        span = (1 << (128 - prefix)) - 1
+        first = key & ~span
+        self._cache.put(max(first, low), min(first | span, high), location)
+        return location
+
+    def close(self) -> None:
+        """Close the database readers. Lookups after this raise :class:`DatabaseError`."""
+        self._cache.clear()
+        for db in self._databases:
+            db.close()
+
+    def __enter__(self) -> Locator:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+_NOT_ANONYMOUS: Final = Anonymizer()
+
+
+def _merge(current: Anonymizer | None, new: Anonymizer) -> Anonymizer:
+    if current is None or current == _NOT_ANONYMOUS:
+        return new
+    if new == _NOT_ANONYMOUS:
+        return current
+    return Anonymizer(
+        vpn=current.vpn or new.vpn,
+        tor=current.tor or new.tor,
+        hosting=current.hosting or new.hosting,
+        public_proxy=current.public_proxy or new.public_proxy,
+        residential_proxy=current.residential_proxy or new.residential_proxy,
+    )
+
