@@ -20,6 +20,9 @@ demo: $(BIN)/geofence
 	$(BIN)/geofence lookup 8.8.8.8 1.1.1.1 2a00:1450:4001:81b::200e 5.255.255.5 ::ffff:81.2.69.142 10.1.2.3 100.64.0.1 fe80::1%eth0
 
 test: $(BIN)/geofence
+	$(BIN)/ruff check geofence tests benchmarks
+	$(BIN)/ruff format --check geofence tests benchmarks
+	$(BIN)/mypy geofence
 	$(BIN)/python -m pytest
 
 bench: $(BIN)/geofence

@@ -94,7 +94,7 @@ def format_network(key: int, prefix: int) -> str:
     """CIDR text of the network of *prefix* bits (in the 128-bit key space) that contains *key*."""
     start = key & ~((1 << (128 - prefix)) - 1)
     if prefix >= 96 and V4_BASE <= start <= _V4_MAX:
-        return f"{_inet_ntop(_AF_INET, (start & 0xFFFFFFFF).to_bytes(4, 'big'))}/{prefix - 96}"
+        return f"{start >> 24 & 255}.{start >> 16 & 255}.{start >> 8 & 255}.{start & 255}/{prefix - 96}"
     return f"{_inet_ntop(_AF_INET6, start.to_bytes(16, 'big'))}/{prefix}"
 
 
@@ -160,17 +160,17 @@ def _build_table() -> tuple[list[int], list[SpecialRange]]:
         first = address.key
         last = first | ((1 << (128 - int(bits) - (96 if address.version == 4 else 0))) - 1)
         kept = []
-        for f, l, n, r in painted:
-            if l < first or f > last:
-                kept.append((f, l, n, r))
+        for lo, hi, old_network, old_reason in painted:
+            if hi < first or lo > last:
+                kept.append((lo, hi, old_network, old_reason))
                 continue
-            if f < first:
-                kept.append((f, first - 1, n, r))
-            if l > last:
-                kept.append((last + 1, l, n, r))
+            if lo < first:
+                kept.append((lo, first - 1, old_network, old_reason))
+            if hi > last:
+                kept.append((last + 1, hi, old_network, old_reason))
         kept.append((first, last, network, reason))
         painted = sorted(kept)
-    ranges = [SpecialRange(f, l, n, r) for f, l, n, r in painted if r is not None]
+    ranges = [SpecialRange(lo, hi, net, why) for lo, hi, net, why in painted if why is not None]
     return [r.first for r in ranges], ranges
 
 
@@ -179,11 +179,17 @@ _SPECIAL_FIRSTS, _SPECIAL = _build_table()
 
 def special_range(key: int) -> tuple[SpecialRange | None, int, int]:
     """Classify *key*: the special range holding it (or None), and the bounds of the run of keys around it
-    that share that answer. Callers use the bounds to cache a lookup without ever covering a special range."""
+    that share that answer and its address family. Callers use the bounds to cache a lookup without ever
+    covering a special range, or covering IPv4 with an IPv6 answer (a database network such as ``::/0`` from
+    an IPv6 lookup contains ``::ffff:0:0/96``, where IPv4 keys live)."""
     i = bisect_right(_SPECIAL_FIRSTS, key) - 1
     if i >= 0 and key <= _SPECIAL[i].last:
         found = _SPECIAL[i]
         return found, found.first, found.last
     low = _SPECIAL[i].last + 1 if i >= 0 else 0
     high = _SPECIAL[i + 1].first - 1 if i + 1 < len(_SPECIAL) else (1 << 128) - 1
+    if key < V4_BASE:
+        high = min(high, V4_BASE - 1)
+    elif key > _V4_MAX:
+        low = max(low, _V4_MAX + 1)
     return None, low, high

@@ -150,7 +150,7 @@ def _print_table(results: list[tuple[str, Location]], locator: Locator, out: Tex
         )
     widths = [max(len(str(row[i])) for row in [headers, *rows]) for i in range(len(headers))]
     for row in [headers, *rows]:
-        print("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths)).rstrip(), file=out)
+        print("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip(), file=out)
     print(file=out)
     bundled = default_database_path()
     for db in locator.databases:

@@ -167,7 +167,7 @@ class GeoDatabase:
     database is known not to be an anonymizer.
     """
 
-    __slots__ = ("anonymizer_capable", "info", "ip_version", "metadata", "reader", "_extract")
+    __slots__ = ("_extract", "anonymizer_capable", "info", "ip_version", "metadata", "reader")
 
     def __init__(self, reader: Any, info: DatabaseInfo, metadata: Any) -> None:
         self.reader = reader

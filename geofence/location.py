@@ -66,7 +66,7 @@ class Location(NamedTuple):
     represented_country_type: str | None = None
     """E.g. ``military``: the address belongs to a country's forces abroad (see README)."""
     subdivisions: tuple[str, ...] = ()
-    """Full ISO 3166-2 codes, largest first (``UA-43``, ``GB-ENG``)."""
+    """Full ISO 3166-2 codes, largest first (``UA-43``, ``GB-ENG``), from every database that gave any."""
     other_countries: tuple[str, ...] = ()
     """Countries that other configured databases named for this network when they disagree with ``country``."""
     anonymizer: Anonymizer | None = None

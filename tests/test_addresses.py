@@ -1,0 +1,181 @@
+from __future__ import annotations
+
+import ipaddress
+
+import pytest
+
+from geofence.addresses import V4_BASE, address_key, format_network, parse_address, special_range
+from geofence.errors import InvalidAddressError
+
+
+@pytest.mark.parametrize(
+    ("text", "canonical", "version"),
+    [
+        ("8.8.8.8", "8.8.8.8", 4),
+        ("::ffff:8.8.8.8", "8.8.8.8", 4),
+        ("::FFFF:0808:0808", "8.8.8.8", 4),
+        ("2001:4860:4860:0000:0000:0000:0000:8888", "2001:4860:4860::8888", 6),
+        ("2001:DB8::1", "2001:db8::1", 6),
+        ("fe80::1%eth0", "fe80::1", 6),
+        ("fe80::1%25", "fe80::1", 6),
+        ("::", "::", 6),
+    ],
+)
+def test_parse_normalises(text: str, canonical: str, version: int) -> None:
+    address = parse_address(text)
+    assert (address.text, address.version) == (canonical, version)
+    assert address_key(text) == address.key
+
+
+def test_ipv4_and_mapped_share_a_key() -> None:
+    assert address_key("1.2.3.4") == address_key("::ffff:1.2.3.4") == V4_BASE | 0x01020304
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        " 8.8.8.8",
+        "8.8.8.8 ",
+        "8.8.8",
+        "08.8.8.8",  # leading zeros: octal to some parsers, decimal to others
+        "8.8.8.256",
+        "0x8.8.8.8",
+        "8.8.8.8:443",
+        "[2001:db8::1]",
+        "[2001:db8::1]:443",
+        "2001:db8::1%",  # empty zone id
+        "2001:db8:::1",
+        "1.2.3.4\x00",
+        "unknown",
+        "x" * 10_000,
+    ],
+)
+def test_garbage_is_a_clear_error(text: str) -> None:
+    with pytest.raises(InvalidAddressError, match="is not a valid IP address"):
+        parse_address(text)
+    with pytest.raises(InvalidAddressError):
+        address_key(text)
+
+
+def test_long_garbage_is_shortened_in_the_message() -> None:
+    with pytest.raises(InvalidAddressError) as info:
+        parse_address("9" * 10_000)
+    assert len(str(info.value)) < 120
+
+
+@pytest.mark.parametrize("value", [None, 123, b"8.8.8.8"])
+def test_non_strings_are_rejected(value: object) -> None:
+    with pytest.raises(InvalidAddressError, match="expected an IP address string"):
+        address_key(value)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ("0.1.2.3", "unspecified"),
+        ("10.0.0.1", "private"),
+        ("172.16.0.1", "private"),
+        ("172.31.255.255", "private"),
+        ("192.168.1.1", "private"),
+        ("100.64.0.1", "cgnat"),
+        ("100.127.255.255", "cgnat"),
+        ("127.0.0.1", "loopback"),
+        ("169.254.1.1", "link_local"),
+        ("192.0.2.1", "documentation"),
+        ("198.51.100.7", "documentation"),
+        ("203.0.113.9", "documentation"),
+        ("198.18.0.1", "benchmarking"),
+        ("224.0.0.1", "multicast"),
+        ("239.255.255.250", "multicast"),
+        ("240.0.0.1", "reserved"),
+        ("255.255.255.255", "reserved"),
+        ("192.0.0.8", "reserved"),
+        ("::", "unspecified"),
+        ("::1", "loopback"),
+        ("::1.2.3.4", "reserved"),
+        ("fc00::1", "private"),
+        ("fd12:3456::1", "private"),
+        ("fe80::1%eth0", "link_local"),
+        ("ff02::1", "multicast"),
+        ("2001:db8::1", "documentation"),
+        ("3fff::1", "documentation"),
+        ("2001::1", "reserved"),  # Teredo
+        ("2001:2::1", "benchmarking"),
+        ("64:ff9b:1::1", "private"),
+        ("100::1", "reserved"),
+        ("::ffff:10.0.0.1", "private"),
+        ("::ffff:127.0.0.1", "loopback"),
+    ],
+)
+def test_special_purpose_ranges(text: str, reason: str) -> None:
+    found, first, last = special_range(address_key(text))
+    assert found is not None and found.reason == reason
+    assert first <= address_key(text) <= last
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "8.8.8.8",
+        "1.1.1.1",
+        "100.63.255.255",
+        "100.128.0.0",
+        "172.32.0.0",
+        "192.0.0.9",  # globally reachable assignment inside 192.0.0.0/24
+        "192.0.0.10",
+        "223.255.255.255",
+        "2001:4860:4860::8888",
+        "2001:3::1",  # AMT, globally reachable inside 2001::/23
+        "2001:20::1",
+        "2002:808:808::1",  # 6to4: geolocated as the embedded IPv4 by MaxMind databases
+        "64:ff9b::808:808",  # well-known NAT64 prefix is global
+        "abcd:1000::1",
+    ],
+)
+def test_global_addresses_are_not_special(text: str) -> None:
+    key = address_key(text)
+    found, low, high = special_range(key)
+    assert found is None
+    assert low <= key <= high
+    # The gap bounds really are free of special ranges.
+    assert special_range(low)[0] is None and special_range(high)[0] is None
+    if low > 0:
+        assert special_range(low - 1)[0] is not None
+    if high < (1 << 128) - 1:
+        assert special_range(high + 1)[0] is not None
+
+
+def test_table_agrees_with_ipaddress_on_ipv4() -> None:
+    """Every IPv4 block the table marks special is non-global for the standard library too."""
+    for text in [
+        "0.0.0.1",
+        "10.1.1.1",
+        "100.64.1.1",
+        "127.1.1.1",
+        "169.254.1.1",
+        "172.16.1.1",
+        "192.0.2.1",
+        "192.168.1.1",
+        "198.18.1.1",
+        "198.51.100.1",
+        "203.0.113.1",
+        "240.1.1.1",
+    ]:
+        assert not ipaddress.ip_address(text).is_global
+        assert special_range(address_key(text))[0] is not None
+
+
+@pytest.mark.parametrize(
+    ("text", "prefix", "network"),
+    [
+        ("8.8.8.8", 96 + 17, "8.8.0.0/17"),
+        ("8.8.8.8", 96 + 32, "8.8.8.8/32"),
+        ("8.8.8.8", 96, "0.0.0.0/0"),
+        ("2001:4860:4860::8888", 42, "2001:4860:4840::/42"),
+        ("2001:4860:4860::8888", 0, "::/0"),
+        ("2001:4860:4860::8888", 128, "2001:4860:4860::8888/128"),
+    ],
+)
+def test_format_network(text: str, prefix: int, network: str) -> None:
+    assert format_network(address_key(text), prefix) == network

@@ -1,0 +1,211 @@
+"""The ``geofence`` command, run as a real subprocess."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from .conftest import MAXMIND_TESTDATA, ROOT
+
+LOOKUP_KEYS = {
+    "ip",
+    "country",
+    "registered_country",
+    "represented_country",
+    "subdivisions",
+    "network",
+    "anonymizer",
+    "geolocatable",
+    "reason",
+    "databases",
+}
+
+
+def geofence(*args: str, stdin: str | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "geofence", *args], capture_output=True, text=True, input=stdin, timeout=120, cwd=cwd
+    )
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess[str], *fragments: str) -> None:
+    assert result.returncode == 2, result
+    assert result.stdout == ""
+    assert "Traceback" not in result.stderr
+    assert result.stderr.startswith("geofence: error: ") and result.stderr.count("\n") == 1, result.stderr
+    for fragment in fragments:
+        assert fragment in result.stderr
+
+
+def test_lookup_table_on_the_bundled_database() -> None:
+    result = geofence("lookup", "8.8.8.8", "10.1.2.3", "::ffff:1.1.1.1")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].split()[:2] == ["IP", "COUNTRY"]
+    assert lines[1].split()[:2] == ["8.8.8.8", "US"]
+    assert "not geolocatable: private" in lines[2]
+    assert lines[3].split()[:2] == ["::ffff:1.1.1.1", "AU"]
+    assert "IP geolocation by DB-IP (https://db-ip.com)" in result.stdout  # CC BY 4.0 attribution
+
+
+def test_lookup_json(city_db: Path, anonymous_db: Path) -> None:
+    result = geofence(
+        "lookup", "91.207.57.1", "8.8.8.200", "fe80::1%eth0", "--json", "--db", str(city_db), "--db", str(anonymous_db)
+    )
+    assert result.returncode == 0, result.stderr
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    assert len(rows) == 3
+    for row in rows:
+        assert set(row) >= LOOKUP_KEYS
+    crimea, vpn, link_local = rows
+    assert crimea["ip"] == "91.207.57.1"
+    assert crimea["country"] == "UA" and crimea["subdivisions"] == ["UA-43"]
+    assert crimea["anonymizer"] == {
+        "vpn": False,
+        "tor": False,
+        "hosting": False,
+        "public_proxy": False,
+        "residential_proxy": False,
+    }
+    assert [db["type"] for db in crimea["databases"]] == ["GeoIP2-City", "GeoIP2-Anonymous-IP"]
+    assert crimea["databases"][0]["path"] == str(city_db)
+    assert vpn["anonymizer"]["vpn"] is True and vpn["network"] == "8.8.8.128/25"
+    assert link_local["geolocatable"] is False and link_local["reason"] == "link_local"
+    assert link_local["address"] == "fe80::1"
+
+
+def test_lookup_reads_stdin() -> None:
+    result = geofence("lookup", "--json", "-", stdin="8.8.8.8\n1.1.1.1  2a00:1450:4001:81b::200e\n")
+    assert result.returncode == 0, result.stderr
+    assert [json.loads(line)["ip"] for line in result.stdout.splitlines()] == [
+        "8.8.8.8",
+        "1.1.1.1",
+        "2a00:1450:4001:81b::200e",
+    ]
+
+
+@pytest.mark.parametrize("bad", ["999.1.1.1", "8.8.8", "not-an-ip", "[::1]:80", "1.2.3.4/24"])
+def test_lookup_bad_address(bad: str) -> None:
+    assert_one_line_error(geofence("lookup", "8.8.8.8", bad), repr(bad), "not a valid IP address")
+
+
+def test_lookup_reports_every_bad_address() -> None:
+    assert_one_line_error(geofence("lookup", "x", "8.8.8.8", "y"), "'x'", "'y'")
+
+
+def test_lookup_missing_database(tmp_path: Path) -> None:
+    missing = tmp_path / "GeoIP2-City.mmdb"
+    assert_one_line_error(geofence("lookup", "8.8.8.8", "--db", str(missing)), "no such database file")
+
+
+def test_lookup_corrupt_database(tmp_path: Path) -> None:
+    corrupt = tmp_path / "corrupt.mmdb"
+    corrupt.write_bytes(b"\x00" * 5000)
+    assert_one_line_error(geofence("lookup", "8.8.8.8", "--db", str(corrupt)), "not a readable MaxMind DB")
+
+
+def test_lookup_unknown_schema(write_db) -> None:  # type: ignore[no-untyped-def]
+    path = write_db("asn.mmdb", "GeoLite2-ASN", {"8.8.8.0/24": {"autonomous_system_number": 15169}})
+    assert_one_line_error(geofence("lookup", "8.8.8.8", "--db", str(path)), "unsupported database type")
+
+
+@pytest.mark.skipif(not MAXMIND_TESTDATA.is_dir(), reason="MaxMind test data not available")
+def test_lookup_corrupt_record_is_a_clean_error() -> None:
+    path = MAXMIND_TESTDATA / "GeoIP2-City-Test-Broken-Double-Format.mmdb"
+    assert_one_line_error(geofence("lookup", "81.2.69.160", "--db", str(path)), "corrupt data")
+
+
+def test_db_info_json(country_db: Path) -> None:
+    result = geofence("db", "info", str(country_db), "--json")
+    assert result.returncode == 0, result.stderr
+    info = json.loads(result.stdout)
+    assert info["type"] == "GeoIP2-Country"
+    assert info["schema"] == "geoip2"
+    assert info["ip_version"] == 6
+    assert info["record_size"] in (24, 28, 32)
+    assert info["node_count"] > 0
+    assert info["age_days"] == 0  # written just now
+    assert len(info["build_date"]) == 10
+
+
+def test_db_info_bundled_text() -> None:
+    result = geofence("db", "info")
+    assert result.returncode == 0, result.stderr
+    assert "country ipvAll" in result.stdout
+    assert "age days" in result.stdout and "node count" in result.stdout
+    assert "DB-IP" in result.stdout
+
+
+@pytest.mark.skipif(not MAXMIND_TESTDATA.is_dir(), reason="MaxMind test data not available")
+def test_db_info_verify_finds_corruption_the_open_check_cannot() -> None:
+    path = str(MAXMIND_TESTDATA / "GeoIP2-City-Test-Broken-Double-Format.mmdb")
+    assert geofence("db", "info", path).returncode == 0
+    assert_one_line_error(geofence("db", "info", path, "--verify"), "corrupt after")
+
+
+def test_db_info_verify_counts_networks(country_db: Path) -> None:
+    result = geofence("db", "info", str(country_db), "--verify", "--json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["verified_networks"] >= 7
+
+
+def test_db_info_missing(tmp_path: Path) -> None:
+    assert_one_line_error(geofence("db", "info", str(tmp_path / "x.mmdb")), "no such database file")
+
+
+def test_usage_errors_exit_2() -> None:
+    assert geofence().returncode == 2
+    assert geofence("lookup").returncode == 2
+    assert geofence("frobnicate").returncode == 2
+
+
+def test_version() -> None:
+    result = geofence("--version")
+    assert result.returncode == 0 and result.stdout.startswith("geofence ")
+
+
+def test_wheel_ships_the_database_and_works_from_any_directory(tmp_path: Path) -> None:
+    """`pip install .` must give a working `geofence lookup` anywhere: the database travels in the wheel."""
+    build = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w", str(tmp_path / "dist"), str(ROOT)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    if build.returncode != 0 and "hatchling" in build.stderr and "No matching distribution" in build.stderr:
+        pytest.skip("cannot fetch the build backend (offline)")
+    assert build.returncode == 0, build.stderr
+    (wheel,) = (tmp_path / "dist").glob("geofence-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "geofence/data/dbip-country-lite.mmdb" in names
+    assert "geofence/data/README.md" in names and "geofence/py.typed" in names
+    target = tmp_path / "site"
+    install = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--no-deps", "--quiet", "--target", str(target), str(wheel)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert install.returncode == 0, install.stderr
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from geofence.cli import main; sys.exit(main(['lookup', '--json', '8.8.8.8']))",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=elsewhere,
+        timeout=60,
+        env={"PYTHONPATH": str(target), "PATH": "/usr/bin:/bin"},
+    )
+    assert result.returncode == 0, result.stderr
+    row = json.loads(result.stdout)
+    assert row["country"] == "US"
+    assert row["databases"][0]["path"].startswith(str(target))

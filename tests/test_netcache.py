@@ -1,0 +1,111 @@
+from __future__ import annotations
+
+import random
+import sys
+import threading
+
+import pytest
+
+from geofence.netcache import NetworkCache
+
+V4 = 0xFFFF << 32
+
+
+def v4(a: int, b: int, c: int, d: int) -> int:
+    return V4 | (a << 24) | (b << 16) | (c << 8) | d
+
+
+def test_hits_anywhere_inside_the_network_and_misses_outside() -> None:
+    cache: NetworkCache[str] = NetworkCache(10)
+    cache.put(v4(8, 8, 8, 8), 96 + 24, "a")  # 8.8.8.0/24
+    cache.put(v4(1, 1, 1, 1), 96 + 32, "b")  # 1.1.1.1/32
+    assert cache.get(v4(8, 8, 8, 0)) == cache.get(v4(8, 8, 8, 255)) == "a"
+    assert cache.get(v4(8, 8, 7, 255)) is None and cache.get(v4(8, 8, 9, 0)) is None
+    assert cache.get(v4(1, 1, 1, 1)) == "b" and cache.get(v4(1, 1, 1, 2)) is None
+
+
+def test_whole_space() -> None:
+    cache: NetworkCache[str] = NetworkCache(10)
+    cache.put(12345, 0, "everything")
+    assert cache.get(0) == cache.get((1 << 128) - 1) == "everything"
+
+
+def test_same_network_twice_is_one_entry() -> None:
+    cache: NetworkCache[str] = NetworkCache(10)
+    cache.put(v4(8, 8, 8, 1), 96 + 24, "a")
+    cache.put(v4(8, 8, 8, 2), 96 + 24, "z")  # two concurrent misses in one network
+    assert len(cache) == 1 and cache.get(v4(8, 8, 8, 3)) == "a"
+
+
+def test_evicts_oldest_first() -> None:
+    cache: NetworkCache[int] = NetworkCache(3)
+    for i in range(5):
+        cache.put(v4(10 + i, 0, 0, 0), 96 + 8, i)
+    assert len(cache) == 3
+    assert [cache.get(v4(10 + i, 1, 2, 3)) for i in range(5)] == [None, None, 2, 3, 4]
+
+
+def test_rejects_zero_size() -> None:
+    with pytest.raises(ValueError):
+        NetworkCache(0)
+
+
+def test_matches_a_reference_model() -> None:
+    """Random disjoint networks of many lengths: every hit is the network holding the key."""
+    rng = random.Random(7)
+    cache: NetworkCache[tuple[int, int]] = NetworkCache(200)
+    networks = []
+    for i in range(2000):  # one network per /16 of 10.x (never overlapping), of random length /16../32
+        prefix = rng.randrange(16, 33)
+        start = v4(10 + i // 256, i % 256, 0, 0)
+        networks.append((start, 96 + prefix))
+    for _ in range(20000):
+        start, prefix = rng.choice(networks)
+        key = start | rng.getrandbits(16)
+        got = cache.get(key)
+        if got is not None:
+            assert got[0] == key >> (128 - got[1]) << (128 - got[1])
+            assert key >> (128 - got[1]) == got[0] >> (128 - got[1])
+        inside = key >> (128 - prefix) == start >> (128 - prefix)
+        if inside:
+            cache.put(key, prefix, (start, prefix))
+            assert cache.get(key) == (start, prefix)
+        assert len(cache) <= 200
+
+
+def test_concurrent_readers_never_get_a_wrong_network() -> None:
+    cache: NetworkCache[int] = NetworkCache(64)
+    stop = threading.Event()
+    errors: list[str] = []
+
+    def writer(seed: int) -> None:
+        rng = random.Random(seed)
+        while not stop.is_set():
+            n = rng.randrange(4096)
+            cache.put(v4(10, n >> 4, (n & 15) << 4, 0), 96 + 20 + (n & 3), n)
+
+    def reader() -> None:
+        rng = random.Random(3)
+        for _ in range(50_000):
+            key = v4(10, rng.randrange(256), rng.randrange(256), rng.randrange(256))
+            n = cache.get(key)
+            if n is not None:
+                prefix = 96 + 20 + (n & 3)
+                if key >> (128 - prefix) != v4(10, n >> 4, (n & 15) << 4, 0) >> (128 - prefix):
+                    errors.append(f"{key:x} -> {n}")
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as possible
+    try:
+        writers = [threading.Thread(target=writer, args=(seed,)) for seed in (1, 2)]
+        readers = [threading.Thread(target=reader) for _ in range(2)]
+        for t in writers + readers:
+            t.start()
+        for t in readers:
+            t.join()
+        stop.set()
+        for t in writers:
+            t.join()
+    finally:
+        sys.setswitchinterval(interval)
+    assert errors == []
