@@ -175,6 +175,7 @@ def _db_info(args: argparse.Namespace) -> int:
         width = max(len(key) for key in report)
         for key, value in report.items():
             shown = ", ".join(map(str, value)) if isinstance(value, list) else value
+            shown = "-" if shown in ("", None) else shown
             print(f"{key.replace('_', ' '):<{width}}  {shown}")
         if Path(path).resolve() == default_database_path():
             print(f"{'attribution':<{width}}  {ATTRIBUTION}")

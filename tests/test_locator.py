@@ -300,6 +300,36 @@ def test_asn_database_is_refused(write_db: WriteDb) -> None:
         Locator([path])
 
 
+@pytest.mark.parametrize(
+    ("database_type", "schema"),
+    [
+        ("GeoIP2-Country", "geoip2"),
+        ("GeoLite2-City", "geoip2"),
+        ("GeoIP2-Enterprise", "geoip2"),
+        ("GeoIP2-Precision-Enterprise", "geoip2"),
+        ("DBIP-Country-Lite", "geoip2"),
+        ("DBIP-City-Lite", "geoip2"),
+        ("DBIP-Location (compat=City)", "geoip2"),
+        ("GeoIP2-Anonymous-IP", "anonymous"),
+        ("GeoIP-Anonymous-Plus", "anonymous"),
+    ],
+)
+def test_schema_detected_from_database_type(write_db: WriteDb, database_type: str, schema: str) -> None:
+    # The record is deliberately of no schema: the type name alone must decide.
+    path = write_db("typed.mmdb", database_type, {"8.8.8.0/24": {"x": 1}})
+    assert open_database(path).info.schema == schema
+
+
+def test_dbip_native_country_lite(write_db: WriteDb) -> None:
+    path = write_db(
+        "dbip.mmdb",
+        "DBIP-Country-Lite",
+        {"8.8.8.0/24": {"continent": {"code": "NA"}, "country": {"iso_code": "US", "is_in_european_union": False}}},
+    )
+    with Locator([path]) as locator:
+        assert locator.lookup("8.8.8.8").country == "US"
+
+
 def test_schema_sniffed_for_unknown_type_names(write_db: WriteDb) -> None:
     geo = write_db("vendor.mmdb", "Vendor-Geo", {"8.8.8.0/24": {"country": country("US")}})
     anon = write_db("vendor-anon.mmdb", "Vendor-Anon", {"8.8.8.0/24": {"is_anonymous": True, "is_tor_exit_node": True}})
