@@ -1,7 +1,8 @@
 """The ``geofence`` command: thin shells over the library.
 
-Exit codes: 0 success, 2 bad input (address, database, arguments); errors are one line on stderr. Set
-``GEOFENCE_DEBUG=1`` to get a traceback for an unexpected error.
+Exit codes: 0 success (``check``: allowed), 1 denied (``check``), 2 bad input (address, database, policy,
+arguments); errors are one line on stderr. Set ``GEOFENCE_DEBUG=1`` to get a traceback for an unexpected
+error.
 """
 
 from __future__ import annotations
@@ -20,11 +21,16 @@ from maxminddb.errors import InvalidDatabaseError
 from . import __version__
 from .addresses import parse_address
 from .databases import GeoDatabase, default_database_path, open_database
-from .errors import GeofenceError
+from .decision import Decision, decide, error_decision
+from .errors import DatabaseError, GeofenceError
+from .identity import IdentityError, identity_from_claims
 from .location import Location
 from .locator import Locator
+from .policy import PolicyError, load_policy
+from .routes import BodyRule
 
 EXIT_OK = 0
+EXIT_DENIED = 1
 EXIT_USAGE = 2
 
 ATTRIBUTION = "IP geolocation by DB-IP (https://db-ip.com), licensed CC BY 4.0"
@@ -87,6 +93,34 @@ def _parser() -> argparse.ArgumentParser:
     info.add_argument("--json", action="store_true", help="print one JSON object")
     info.add_argument("--verify", action="store_true", help="also walk the whole search tree and decode every record")
     info.set_defaults(handler=_db_info)
+
+    check = commands.add_parser(
+        "check",
+        help="explain the decision for one request",
+        description="Decide one request offline and explain which rule decided. Exit 0 allowed, 1 denied, 2 bad input.",
+    )
+    check.add_argument("--ip", required=True, help="the client address")
+    what = check.add_mutually_exclusive_group()
+    what.add_argument("--class", dest="export_class", metavar="CLASS", help="decide for this export class directly")
+    what.add_argument("--path", help="classify this request path with the policy's routes")
+    check.add_argument("--method", default="GET", help="request method for --path (default GET)")
+    check.add_argument("--host", default="", help="request host for --path")
+    check.add_argument("--body", help="request body (JSON text) for routes that classify by body")
+    check.add_argument("--claims", help="already-verified identity claims, as a JSON object")
+    check.add_argument("--config", metavar="FILE", help="policy file (default: the bundled example policy)")
+    check.add_argument("--json", action="store_true", help="print the decision as JSON")
+    check.set_defaults(handler=_check)
+
+    policy = commands.add_parser("policy", help="work with policy files").add_subparsers(
+        title="policy commands", metavar="CMD"
+    )
+    validate = policy.add_parser(
+        "validate",
+        help="check a policy file and list every problem",
+        description="Validate a policy file: exit 0, or 2 with every problem listed.",
+    )
+    validate.add_argument("file", metavar="FILE")
+    validate.set_defaults(handler=_policy_validate)
     return parser
 
 
@@ -212,3 +246,112 @@ def _verify(db: GeoDatabase) -> int:
     except (InvalidDatabaseError, ValueError, UnicodeDecodeError) as exc:
         raise GeofenceError(f"{db.info.path}: corrupt after {count} networks ({exc})") from None
     return count
+
+
+def _check(args: argparse.Namespace) -> int:
+    policy = load_policy(args.config)
+    address = parse_address(args.ip)
+    claims = None
+    if args.claims is not None:
+        try:
+            claims = json.loads(args.claims)
+        except ValueError as exc:
+            raise GeofenceError(f"--claims is not valid JSON ({exc})") from None
+    trace: list[str] = []
+    request: dict[str, Any] = {"ip": args.ip}
+    if args.export_class is not None:
+        if args.export_class not in policy.classes:
+            raise GeofenceError(f"unknown class {args.export_class!r} (defined: {', '.join(policy.classes)})")
+        export_class = args.export_class
+        trace.append(f"class: {export_class} (given)")
+    else:
+        path = args.path or "/"
+        request.update(method=args.method.upper(), host=args.host, path=path)
+        found = policy.routes.classify(args.method, args.host, path)
+        if isinstance(found, BodyRule):
+            export_class, why = found.classify(args.body.encode() if args.body is not None else b"")
+            trace.append(f"class: {export_class} ({why})")
+        else:
+            export_class, rule = found
+            trace.append(f"class: {export_class} ({rule.describe() if rule else 'no route matches: default class'})")
+    exempt = policy.exempt_network(address.key)
+    if exempt is not None:
+        exempt = f"client in exempt network {exempt}"
+    elif "path" in request and policy.exempt_paths is not None and policy.exempt_paths.fullmatch(request["path"]):
+        exempt = f"path {request['path']} is exempt"
+    identity, problem = None, None
+    if claims is not None:
+        try:
+            identity = identity_from_claims(claims, policy.claim_names)
+        except IdentityError as exc:
+            problem = f"identity claims rejected: {exc}"
+    with Locator(policy.databases, **({"cache_size": policy.cache_size} if policy.cache_size else {})) as locator:
+        try:
+            location = locator.lookup_key(address.key)
+        except DatabaseError as exc:
+            decision = error_decision(policy, export_class, str(exc))
+        else:
+            decision = decide(
+                policy, export_class, location, identity, identity_problem=problem, exempt=exempt, trace=trace
+            )
+    if args.json:
+        print(json.dumps({"request": request, **decision.as_dict(), "trace": trace}))
+    else:
+        _print_decision(decision, request, trace, sys.stdout)
+    return EXIT_OK if decision.allowed else EXIT_DENIED
+
+
+def _print_decision(decision: Decision, request: dict[str, Any], trace: list[str], out: TextIO) -> None:
+    verdict = "ALLOWED" if decision.allowed else "DENIED"
+    if decision.allowed and decision.would_deny:
+        verdict = "ALLOWED (report mode: would be denied)"
+    print(f"{verdict}  status {decision.status}  class {decision.export_class}  mode {decision.mode}", file=out)
+    if "path" in request:
+        print(f"  request   {request['method']} {request['host']}{request['path']}", file=out)
+    location = decision.location
+    if location is not None:
+        where = location.country or f"not geolocatable ({location.reason})"
+        dbs = ", ".join(f"{Path(d.path).name} {d.build_date.isoformat()}" for d in location.databases) or "none"
+        print(f"  address   {request['ip']} -> {where}, network {location.network} (databases: {dbs})", file=out)
+    for i, line in enumerate(trace):
+        print(f"  {'trace' if i == 0 else '':<8}  {line}", file=out)
+    for reason in decision.reasons:
+        print(f"  reason    {reason.code}: {reason.detail}", file=out)
+    print(f"  policy    version {decision.policy_version}", file=out)
+
+
+def _policy_validate(args: argparse.Namespace) -> int:
+    try:
+        policy = load_policy(args.file)
+    except PolicyError as exc:
+        for problem in exc.problems:
+            print(f"{exc.source}: {problem}", file=sys.stderr)
+        print(f"geofence: error: {len(exc.problems)} problem(s) in {exc.source}", file=sys.stderr)
+        return EXIT_USAGE
+    problems = []
+    anonymizer_db = False
+    for i, path in enumerate(policy.databases or [str(default_database_path())]):
+        try:
+            db = open_database(path)
+        except DatabaseError as exc:
+            problems.append(f"{args.file}: geoip.databases[{i}]: {exc}")
+            continue
+        anonymizer_db = anonymizer_db or db.anonymizer_capable
+        db.close()
+    if problems:
+        print("\n".join(problems), file=sys.stderr)
+        print(f"geofence: error: {len(problems)} problem(s) in {args.file}", file=sys.stderr)
+        return EXIT_USAGE
+    for cls in policy.classes.values():
+        if cls.anonymizers == "deny" and not anonymizer_db:
+            print(
+                f'{args.file}: warning: classes.{cls.name}.anonymizers = "deny" has no effect: '
+                "no anonymizer database (GeoIP2 Anonymous IP / Anonymous Plus) is configured",
+                file=sys.stderr,
+            )
+    as_of = policy.reference.as_of.isoformat() if policy.reference.as_of else "unknown"
+    print(
+        f"{args.file}: ok: {len(policy.classes)} classes, {len(policy.routes.rules)} routes, "
+        f"policy version {policy.version}, reference data as of {as_of}"
+    )
+    return EXIT_OK

@@ -19,6 +19,7 @@ from maxminddb.errors import InvalidDatabaseError
 
 from .errors import DatabaseError
 from .location import Anonymizer, DatabaseInfo
+from .resources import data_path
 
 __all__ = ["Facts", "GeoDatabase", "default_database_path", "open_database"]
 
@@ -260,9 +261,5 @@ def _one_line(exc: BaseException) -> str:
 
 
 def default_database_path() -> Path:
-    """The bundled DB-IP Lite country database: inside the installed package, or ``data/`` of a checkout."""
-    here = Path(__file__).resolve().parent
-    for candidate in (here / "data" / _DATA_FILE, here.parent / "data" / _DATA_FILE):
-        if candidate.is_file():
-            return candidate
-    raise DatabaseError(f"the bundled database {_DATA_FILE} is missing from this installation")
+    """The bundled DB-IP Lite country database (see ``data/README.md``)."""
+    return data_path(_DATA_FILE)

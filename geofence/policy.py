@@ -1,0 +1,493 @@
+"""The policy file: load, validate every key, and compile into lookups the request path can use directly.
+
+Validation collects *every* problem (key path + message, with the nearest valid key or code suggested) before
+refusing a file, so an operator fixes a policy in one round trip. Everything that can be computed once —
+destination sets with groups expanded, compiled routes, exempt networks — is computed here, never per
+request. The compiled :class:`Policy` is immutable; its ``version`` is a hash of its effective content.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final, NamedTuple
+
+from .addresses import parse_address
+from .destinations import GroupResolver, ReferenceData, load_reference
+from .errors import GeofenceError, InvalidAddressError
+from .identity import ClaimNames
+from .resources import data_path
+from .routes import DEFAULT_MAX_BODY, RouteRule, RouteTable, compile_glob
+
+__all__ = [
+    "EXAMPLE_POLICY",
+    "ClassPolicy",
+    "PersonRule",
+    "Policy",
+    "PolicyError",
+    "Problem",
+    "load_policy",
+    "parse_policy",
+]
+
+EXAMPLE_POLICY: Final = "example-policy.toml"
+MODES: Final = ("enforce", "report")
+_HEADER_NAME: Final = re.compile(r"[a-z0-9!#$%&'*+.^_`|~-]+")
+
+
+class Problem(NamedTuple):
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.message}" if self.path else self.message
+
+
+class PolicyError(GeofenceError):
+    """A policy file that cannot be used; ``problems`` lists every reason."""
+
+    def __init__(self, source: str, problems: list[Problem]) -> None:
+        self.source = source
+        self.problems = problems
+        count = f"{len(problems)} problem{'s' if len(problems) != 1 else ''}"
+        super().__init__(f"{source}: {count}: " + "; ".join(map(str, problems)))
+
+
+@dataclass(frozen=True, slots=True)
+class PersonRule:
+    """Who may receive a class: ``any``, ``us_only``, or nationality lists."""
+
+    kind: str  # "any" | "us_only" | "nationalities"
+    allow: frozenset[str] | None = None
+    deny: frozenset[str] = frozenset()
+    rule: str = "all"  # "all" (every citizenship and permanent residence) | "most_recent" (EAR 734.13(b))
+    check_us_persons: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ClassPolicy:
+    name: str
+    description: str
+    allow: frozenset[str] | None
+    deny: frozenset[str]
+    persons: PersonRule
+    anonymizers: str  # "deny" | "allow"
+    unknown_location: str  # "deny" | "allow"
+    represented_country: str  # "check" | "ignore"
+    mode: str
+
+
+@dataclass(frozen=True)
+class Policy:
+    """A validated, compiled policy. Build with :func:`load_policy` or :func:`parse_policy`."""
+
+    classes: Mapping[str, ClassPolicy]
+    default_class: str
+    routes: RouteTable
+    territories: Mapping[str, str]
+    exempt_paths: re.Pattern[str] | None
+    exempt_networks: tuple[tuple[int, int, str], ...]
+    databases: tuple[str, ...] | None
+    cache_size: int | None
+    trusted_proxies: tuple[str, ...]
+    proxy_header: str
+    claim_names: ClaimNames
+    reference: ReferenceData
+    source: str
+    version: str = field(default="")
+
+    def exempt_network(self, key: int) -> str | None:
+        """The ``[exempt] networks`` entry holding address *key*, if any."""
+        for first, last, text in self.exempt_networks:
+            if first <= key <= last:
+                return text
+        return None
+
+
+# --- validation helpers ----------------------------------------------------------------------------------
+
+
+class _Checker:
+    def __init__(self) -> None:
+        self.problems: list[Problem] = []
+
+    def error(self, path: str, message: str) -> None:
+        self.problems.append(Problem(path, message))
+
+    def table(self, value: Any, path: str, keys: tuple[str, ...]) -> dict[str, Any]:
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            self.error(path, f"must be a table, not {_kind(value)}")
+            return {}
+        for key in value:
+            if key not in keys:
+                close = difflib.get_close_matches(key, keys, n=1, cutoff=0.6)
+                hint = f"; did you mean {close[0]!r}?" if close else f" (valid keys: {', '.join(keys)})"
+                self.error(f"{path}.{key}" if path else key, f"unknown key{hint}")
+        return value
+
+    def string(self, value: Any, path: str, choices: tuple[str, ...] = ()) -> str | None:
+        if value is None:
+            return None
+        if not isinstance(value, str):
+            self.error(path, f"must be a string, not {_kind(value)}")
+            return None
+        if choices and value not in choices:
+            close = difflib.get_close_matches(value, choices, n=1, cutoff=0.5)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            self.error(path, f"{value!r} is not one of {', '.join(map(repr, choices))}{hint}")
+            return None
+        return value
+
+    def strings(self, value: Any, path: str) -> list[str]:
+        if value is None:
+            return []
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            self.error(path, "must be a list of strings")
+            return []
+        return value
+
+    def integer(self, value: Any, path: str, minimum: int = 1) -> int | None:
+        if value is None:
+            return None
+        if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+            self.error(path, f"must be an integer >= {minimum}")
+            return None
+        return value
+
+    def networks(self, value: Any, path: str) -> list[tuple[int, int, str]]:
+        out = []
+        for i, text in enumerate(self.strings(value, path)):
+            try:
+                out.append(_network(text))
+            except ValueError as exc:
+                self.error(f"{path}[{i}]", str(exc))
+        return out
+
+
+def _kind(value: Any) -> str:
+    return {dict: "a table", list: "a list", str: "a string", bool: "a boolean", int: "an integer"}.get(
+        type(value), type(value).__name__
+    )
+
+
+def _network(text: str) -> tuple[int, int, str]:
+    """A CIDR (or single address) as an inclusive key range; strict about host bits."""
+    address, _, bits = text.partition("/")
+    try:
+        parsed = parse_address(address)
+    except InvalidAddressError:
+        raise ValueError(f"{text!r} is not an IP network") from None
+    width = 32 if parsed.version == 4 else 128
+    if bits and not (bits.isdigit() and 0 <= int(bits) <= width):
+        raise ValueError(f"{text!r}: prefix length must be 0-{width}")
+    prefix = int(bits) if bits else width
+    span = (1 << (width - prefix)) - 1
+    if parsed.key & span:
+        raise ValueError(f"{text!r} has host bits set (did you mean the network containing it?)")
+    return parsed.key, parsed.key | span, text
+
+
+_TOP: Final = ("geoip", "proxies", "defaults", "reference", "groups", "classes", "routes", "exempt", "identity")
+_CLASS_KEYS: Final = (
+    "description",
+    "allow_destinations",
+    "deny_destinations",
+    "persons",
+    "anonymizers",
+    "unknown_location",
+    "represented_country",
+    "mode",
+)
+_PERSON_KEYS: Final = ("allow_nationalities", "deny_nationalities", "rule", "check_us_persons")
+_ROUTE_KEYS: Final = ("path", "method", "host", "class", "json_field", "equals", "matches", "max_body_bytes")
+_IDENTITY_KEYS: Final = (
+    "us_person_claim",
+    "nationalities_claim",
+    "residence_claim",
+    "permanent_residence_claim",
+    "most_recent_country_claim",
+)
+_METHODS: Final = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "CONNECT", "TRACE", "WEBSOCKET")
+
+
+def load_policy(path: str | Path | None = None) -> Policy:
+    """Load and validate a policy file (default: the bundled example policy)."""
+    path = Path(path) if path is not None else data_path(EXAMPLE_POLICY)
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise PolicyError(str(path), [Problem("", exc.strerror or str(exc))]) from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise PolicyError(str(path), [Problem("", "not UTF-8 text")]) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise PolicyError(str(path), [Problem("", f"TOML syntax error: {exc}")]) from None
+    return parse_policy(data, source=str(path), base_dir=path.parent)
+
+
+def parse_policy(data: Mapping[str, Any], *, source: str = "<policy>", base_dir: Path | None = None) -> Policy:
+    """Validate and compile a policy given as a dict (the parsed TOML, or built in Python)."""
+    check = _Checker()
+    top = check.table(dict(data), "", _TOP)
+
+    geoip = check.table(top.get("geoip"), "geoip", ("databases", "cache_size"))
+    databases = None
+    if "databases" in geoip:
+        names = check.strings(geoip["databases"], "geoip.databases")
+        databases = tuple(str((base_dir / n) if base_dir and not Path(n).is_absolute() else n) for n in names)
+        if not names:
+            check.error("geoip.databases", "must name at least one database (omit the key for the bundled one)")
+    cache_size = check.integer(geoip.get("cache_size"), "geoip.cache_size")
+
+    proxies = check.table(top.get("proxies"), "proxies", ("trusted", "header"))
+    trusted = tuple(text for _, _, text in check.networks(proxies.get("trusted"), "proxies.trusted"))
+    header = check.string(proxies.get("header"), "proxies.header") or "x-forwarded-for"
+    if not _HEADER_NAME.fullmatch(header.lower()):
+        check.error("proxies.header", f"{header!r} is not an HTTP header name")
+
+    reference_table = check.table(top.get("reference"), "reference", ("file",))
+    reference_file = check.string(reference_table.get("file"), "reference.file")
+    reference = _reference(reference_file, base_dir, check)
+
+    groups: dict[str, Any] = dict(reference.groups)
+    operator_groups = check.table(top.get("groups"), "groups", tuple(top.get("groups") or ()))
+    for name, members in operator_groups.items():
+        if len(name) == 2 and name.isalpha():
+            check.error(f"groups.{name}", "a group name must not look like a country code")
+        groups[name] = check.strings(members, f"groups.{name}")
+    resolver = GroupResolver(groups)
+    errors: list[str] = []
+    for name in operator_groups:  # validate every group, used or not
+        resolver.expand([f"group:{name}"], errors, f"groups.{name}")
+
+    classes_raw = top.get("classes")
+    classes: dict[str, ClassPolicy] = {}
+    defaults = check.table(top.get("defaults"), "defaults", ("mode", "class"))
+    default_mode = check.string(defaults.get("mode"), "defaults.mode", MODES) or "enforce"
+    for name, raw in check.table(classes_raw, "classes", tuple(classes_raw or ())).items():
+        compiled = _class(name, raw, default_mode, resolver, check, errors)
+        if compiled is not None:
+            classes[name] = compiled
+    if not classes and not check.problems:
+        check.error("classes", "define at least one export class")
+
+    default_class = check.string(defaults.get("class"), "defaults.class") or "EAR99"
+    _known_class(default_class, "defaults.class", classes, check)
+
+    rules = []
+    routes_raw = top.get("routes") or []
+    if not isinstance(routes_raw, list):
+        check.error("routes", "must be an array of tables ([[routes]])")
+        routes_raw = []
+    for i, raw in enumerate(routes_raw):
+        rule = _route(i, raw, classes, check)
+        if rule is not None:
+            rules.append(rule)
+
+    exempt = check.table(top.get("exempt"), "exempt", ("paths", "networks"))
+    exempt_globs = check.strings(exempt.get("paths"), "exempt.paths")
+    exempt_paths = re.compile("|".join(compile_glob(g) for g in exempt_globs)) if exempt_globs else None
+    exempt_networks = tuple(check.networks(exempt.get("networks"), "exempt.networks"))
+
+    identity = check.table(top.get("identity"), "identity", _IDENTITY_KEYS)
+    claim_names = ClaimNames(
+        **{
+            key.removesuffix("_claim"): value
+            for key in _IDENTITY_KEYS
+            if (value := check.string(identity.get(key), f"identity.{key}"))
+        }
+    )
+
+    for message in dict.fromkeys(errors):  # a bad group member is reported once, not once per use
+        where, _, text = message.partition(": ")
+        check.error(where, text)
+    if check.problems:
+        raise PolicyError(source, check.problems)
+
+    policy = Policy(
+        classes=classes,
+        default_class=default_class,
+        routes=RouteTable(rules, default_class),
+        territories=reference.territories,
+        exempt_paths=exempt_paths,
+        exempt_networks=exempt_networks,
+        databases=databases,
+        cache_size=cache_size,
+        trusted_proxies=trusted,
+        proxy_header=header.lower(),
+        claim_names=claim_names,
+        reference=reference,
+        source=source,
+    )
+    return _with_version(policy, exempt_globs)
+
+
+def _reference(file: str | None, base_dir: Path | None, check: _Checker) -> ReferenceData:
+    if file is None:
+        return load_reference()
+    path = base_dir / file if base_dir and not Path(file).is_absolute() else Path(file)
+    try:
+        return load_reference(path)
+    except (OSError, tomllib.TOMLDecodeError, KeyError, TypeError) as exc:
+        check.error("reference.file", f"cannot read {path}: {exc}")
+        return load_reference()
+
+
+def _known_class(name: str, path: str, classes: Mapping[str, ClassPolicy], check: _Checker) -> None:
+    if classes and name not in classes:
+        close = difflib.get_close_matches(name, list(classes), n=1, cutoff=0.5)
+        hint = f"; did you mean {close[0]!r}?" if close else f" (defined: {', '.join(classes)})"
+        check.error(path, f"unknown class {name!r}{hint}")
+
+
+def _class(
+    name: str, raw: Any, default_mode: str, resolver: GroupResolver, check: _Checker, errors: list[str]
+) -> ClassPolicy | None:
+    path = f'classes."{name}"' if not re.fullmatch(r"[A-Za-z0-9_-]+", name) else f"classes.{name}"
+    table = check.table(raw, path, _CLASS_KEYS)
+    if not isinstance(raw, dict):
+        return None
+    allow = None
+    if "allow_destinations" in table:
+        allow = resolver.expand(
+            check.strings(table["allow_destinations"], f"{path}.allow_destinations"),
+            errors,
+            f"{path}.allow_destinations",
+        )
+    deny = resolver.expand(
+        check.strings(table.get("deny_destinations"), f"{path}.deny_destinations"), errors, f"{path}.deny_destinations"
+    )
+    persons = _persons(table.get("persons", "any"), f"{path}.persons", resolver, check, errors)
+    return ClassPolicy(
+        name=name,
+        description=check.string(table.get("description"), f"{path}.description") or "",
+        allow=allow,
+        deny=deny,
+        persons=persons,
+        anonymizers=check.string(table.get("anonymizers"), f"{path}.anonymizers", ("deny", "allow")) or "allow",
+        unknown_location=check.string(table.get("unknown_location"), f"{path}.unknown_location", ("deny", "allow"))
+        or "deny",
+        represented_country=check.string(
+            table.get("represented_country"), f"{path}.represented_country", ("check", "ignore")
+        )
+        or "check",
+        mode=check.string(table.get("mode"), f"{path}.mode", MODES) or default_mode,
+    )
+
+
+def _persons(raw: Any, path: str, resolver: GroupResolver, check: _Checker, errors: list[str]) -> PersonRule:
+    if isinstance(raw, str):
+        kind = check.string(raw, path, ("any", "us_only"))
+        return PersonRule(kind or "us_only")  # an invalid value is reported; compile the strict choice
+    table = check.table(raw, path, _PERSON_KEYS)
+    if not isinstance(raw, dict):
+        return PersonRule("us_only")
+    if "allow_nationalities" not in table and "deny_nationalities" not in table:
+        check.error(path, 'needs allow_nationalities or deny_nationalities (or use "any" / "us_only")')
+    allow = None
+    if "allow_nationalities" in table:
+        names = check.strings(table["allow_nationalities"], f"{path}.allow_nationalities")
+        allow = resolver.expand(names, errors, f"{path}.allow_nationalities")
+    deny = resolver.expand(
+        check.strings(table.get("deny_nationalities"), f"{path}.deny_nationalities"),
+        errors,
+        f"{path}.deny_nationalities",
+    )
+    for code in sorted((allow or frozenset()) | deny):
+        if "-" in code:
+            check.error(path, f"nationality lists take countries, not subdivisions ({code})")
+    check_us = table.get("check_us_persons", False)
+    if not isinstance(check_us, bool):
+        check.error(f"{path}.check_us_persons", "must be true or false")
+        check_us = True
+    return PersonRule(
+        "nationalities",
+        allow=allow,
+        deny=deny,
+        rule=check.string(table.get("rule"), f"{path}.rule", ("all", "most_recent")) or "all",
+        check_us_persons=check_us,
+    )
+
+
+def _route(i: int, raw: Any, classes: Mapping[str, ClassPolicy], check: _Checker) -> RouteRule | None:
+    path = f"routes[{i}]"
+    table = check.table(raw, path, _ROUTE_KEYS)
+    if not isinstance(raw, dict):
+        return None
+    glob = check.string(table.get("path"), f"{path}.path")
+    if glob is None:
+        check.error(f"{path}.path", "required")
+    elif not glob.startswith("/"):
+        check.error(f"{path}.path", f"{glob!r} must start with '/'")
+    export_class = check.string(table.get("class"), f"{path}.class")
+    if export_class is None:
+        check.error(f"{path}.class", "required")
+    else:
+        _known_class(export_class, f"{path}.class", classes, check)
+    methods = tuple(m.upper() for m in check.strings(table.get("method"), f"{path}.method"))
+    for m in methods:
+        if m not in _METHODS:
+            check.error(f"{path}.method", f"{m!r} is not an HTTP method (or WEBSOCKET)")
+    json_field = check.string(table.get("json_field"), f"{path}.json_field")
+    equals = tuple(check.strings(table.get("equals"), f"{path}.equals"))
+    matches = tuple(m.casefold() for m in check.strings(table.get("matches"), f"{path}.matches"))
+    if json_field is not None and not (equals or matches):
+        check.error(path, "json_field needs equals or matches")
+    if json_field is None and (equals or matches):
+        check.error(path, "equals/matches need json_field")
+    max_body = check.integer(table.get("max_body_bytes"), f"{path}.max_body_bytes") or DEFAULT_MAX_BODY
+    if glob is None or export_class is None:
+        return None
+    return RouteRule(
+        path=glob,
+        export_class=export_class,
+        methods=methods,
+        host=check.string(table.get("host"), f"{path}.host"),
+        json_field=json_field,
+        equals=equals,
+        matches=matches,
+        max_body_bytes=max_body,
+        index=i,
+    )
+
+
+def _with_version(policy: Policy, exempt_globs: list[str]) -> Policy:
+    """Stamp the policy with a hash of everything that can change a decision."""
+
+    def plain(value: Any) -> Any:
+        if isinstance(value, frozenset | set):
+            return sorted(value)
+        if isinstance(value, tuple | list):
+            return [plain(v) for v in value]
+        if isinstance(value, Mapping):
+            return {str(k): plain(v) for k, v in sorted(value.items())}
+        if hasattr(value, "__dataclass_fields__"):
+            return {k: plain(getattr(value, k)) for k in value.__dataclass_fields__}
+        return value
+
+    effective = {
+        "classes": plain(policy.classes),
+        "default_class": policy.default_class,
+        "routes": plain(policy.routes.rules),
+        "territories": plain(policy.territories),
+        "exempt_paths": exempt_globs,
+        "exempt_networks": [text for _, _, text in policy.exempt_networks],
+        "databases": plain(policy.databases),
+        "trusted_proxies": plain(policy.trusted_proxies),
+        "proxy_header": policy.proxy_header,
+        "claim_names": plain(policy.claim_names),
+    }
+    digest = hashlib.sha256(json.dumps(effective, sort_keys=True, default=str).encode()).hexdigest()
+    object.__setattr__(policy, "version", digest[:16])
+    return policy

@@ -1,0 +1,190 @@
+"""Route rules -> export class.
+
+Rules are tried in order and the first match wins. All rules are compiled into one regular expression over
+``"METHOD host path"``, so matching costs one C-level regex match whatever the number of rules, and results
+are memoised per (method, host, path).
+
+A rule with ``json_field`` also looks into the JSON request body (AI APIs name the model there). Such a rule
+can only be decided once the body is read, so :meth:`RouteTable.classify` returns a :class:`BodyRule` to
+finish with :meth:`BodyRule.classify`. A body that is malformed, too large, or names the field twice is
+classified as the rule's own class: fail closed.
+"""
+
+from __future__ import annotations
+
+import json
+import posixpath
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from fnmatch import fnmatchcase
+from typing import Any, Final
+
+__all__ = ["BodyRule", "RouteRule", "RouteTable", "compile_glob", "normalise_path"]
+
+DEFAULT_MAX_BODY: Final = 1 << 20
+_MEMO_LIMIT: Final = 4096
+
+
+def compile_glob(pattern: str) -> str:
+    """Regex source for a path glob: ``*`` is one segment (or part of one), ``**`` any number of segments."""
+    out = []
+    i = 0
+    while i < len(pattern):
+        if pattern.startswith("/**", i):
+            out.append("(?:/.*)?")
+            i += 3
+        elif pattern.startswith("**", i):
+            out.append(".*")
+            i += 2
+        elif pattern[i] == "*":
+            out.append("[^/]*")
+            i += 1
+        else:
+            out.append(re.escape(pattern[i]))
+            i += 1
+    return "".join(out)
+
+
+def normalise_path(path: str) -> str:
+    """Collapse ``//``, ``.`` and ``..`` so a request cannot dodge a rule by spelling the path differently."""
+    if "//" not in path and "/." not in path:
+        return path
+    trailing = path.endswith("/") and len(path) > 1
+    normal = posixpath.normpath("/" + path.lstrip("/"))
+    normal = "/" + normal.lstrip("/")
+    return normal + "/" if trailing and normal != "/" else normal
+
+
+@dataclass(frozen=True)
+class RouteRule:
+    """One ``[[routes]]`` entry, as validated by the policy loader."""
+
+    path: str
+    export_class: str
+    methods: tuple[str, ...] = ()
+    host: str | None = None
+    json_field: str | None = None
+    equals: tuple[str, ...] = ()
+    matches: tuple[str, ...] = ()
+    max_body_bytes: int = DEFAULT_MAX_BODY
+    index: int = 0
+
+    def describe(self) -> str:
+        method = "|".join(self.methods) or "*"
+        where = f"{self.host}" if self.host else ""
+        body = f" with JSON {self.json_field}" if self.json_field else ""
+        return f"routes[{self.index}] {method} {where}{self.path}{body} -> {self.export_class}"
+
+
+@dataclass(frozen=True)
+class BodyRule:
+    """The rules that match a request's method, host and path, when the first of them needs the body.
+
+    ``candidates`` runs from that first rule up to the first later rule that needs no body; ``default`` applies
+    when none matches.
+    """
+
+    candidates: tuple[RouteRule, ...]
+    default: str
+
+    def classify(self, body: bytes | None) -> tuple[str, str]:
+        """(export class, explanation) for *body*; None means the body was too large to buffer."""
+        for rule in self.candidates:
+            if rule.json_field is None:
+                return rule.export_class, f"body does not match earlier rules; {rule.describe()}"
+            if body is None or len(body) > rule.max_body_bytes:
+                return rule.export_class, f"body over {rule.max_body_bytes} bytes: fail closed to {rule.describe()}"
+            value, problem = _field(body, rule.json_field)
+            if problem is not None:
+                return rule.export_class, f"{problem}: fail closed to {rule.describe()}"
+            if isinstance(value, str) and (
+                value in rule.equals or any(fnmatchcase(value.casefold(), p) for p in rule.matches)
+            ):
+                return rule.export_class, f"JSON {rule.json_field} = {value!r}: {rule.describe()}"
+        return self.default, "body matches no rule: default class"
+
+
+_MISSING: Final = object()
+
+
+class _Duplicate(Exception):
+    pass
+
+
+def _field(body: bytes, path: str) -> tuple[Any, str | None]:
+    """The value at dotted *path* in a JSON object body, or a problem description."""
+    first, *rest = path.split(".")
+
+    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
+        seen = dict(items)
+        if len(seen) != len(items) and first in seen and sum(1 for k, _ in items if k == first) > 1:
+            raise _Duplicate
+        return seen
+
+    try:
+        document = json.loads(body, object_pairs_hook=pairs)
+    except _Duplicate:
+        return None, f"JSON body names {first!r} twice"
+    except (ValueError, RecursionError):
+        return None, "body is not valid JSON"
+    node: Any = document
+    for part in [first, *rest]:
+        if not isinstance(node, dict):
+            return (None, "JSON body is not an object") if node is document else (_MISSING, None)
+        if part not in node:
+            return _MISSING, None
+        node = node[part]
+    return node, None
+
+
+class RouteTable:
+    """All route rules, compiled. :meth:`classify` is what runs per request."""
+
+    __slots__ = ("_memo", "_pattern", "_rules", "_singles", "default_class")
+
+    def __init__(self, rules: Sequence[RouteRule], default_class: str) -> None:
+        self._rules = tuple(rules)
+        self.default_class = default_class
+        sources = [_rule_regex(rule) for rule in self._rules]
+        # One alternation, in rule order: the regex engine returns the first alternative that matches.
+        self._pattern = re.compile("|".join(f"(?P<r{i}>{src})" for i, src in enumerate(sources))) if sources else None
+        self._singles = tuple(re.compile(src) for src in sources)
+        self._memo: dict[tuple[str, str, str], tuple[str, RouteRule | None] | BodyRule] = {}
+
+    @property
+    def rules(self) -> tuple[RouteRule, ...]:
+        return self._rules
+
+    def classify(self, method: str, host: str, path: str) -> tuple[str, RouteRule | None] | BodyRule:
+        """(export class, the deciding rule or None for the default), or a BodyRule to finish with the body."""
+        key = (method, host, path)
+        found = self._memo.get(key)
+        if found is None:
+            found = self._classify(f"{method.upper()} {host.lower().partition(':')[0]} {normalise_path(path)}")
+            if len(self._memo) >= _MEMO_LIMIT:
+                self._memo.clear()
+            self._memo[key] = found
+        return found
+
+    def _classify(self, subject: str) -> tuple[str, RouteRule | None] | BodyRule:
+        match = self._pattern.fullmatch(subject) if self._pattern is not None else None
+        if match is None or match.lastgroup is None:
+            return self.default_class, None
+        first = int(match.lastgroup[1:])
+        rule = self._rules[first]
+        if rule.json_field is None:
+            return rule.export_class, rule
+        candidates = [rule]
+        for later, pattern in zip(self._rules[first + 1 :], self._singles[first + 1 :], strict=True):
+            if pattern.fullmatch(subject):
+                candidates.append(later)
+                if later.json_field is None:
+                    break
+        return BodyRule(tuple(candidates), self.default_class)
+
+
+def _rule_regex(rule: RouteRule) -> str:
+    methods = "|".join(re.escape(m) for m in rule.methods) if rule.methods else r"[^ ]+"
+    host = "".join("[^ ./]*" if c == "*" else re.escape(c) for c in rule.host.lower()) if rule.host else r"[^ ]*"
+    return f"(?:{methods}) {host} {compile_glob(rule.path)}"
