@@ -11,6 +11,7 @@ calls multicast (``ff02::1``) global.
 
 from __future__ import annotations
 
+import re
 import socket
 from bisect import bisect_right
 from typing import Final, NamedTuple
@@ -32,6 +33,8 @@ V4_BASE: Final = 0xFFFF << 32
 """Key of ``0.0.0.0``: IPv4 addresses are keyed as their IPv4-mapped IPv6 form."""
 _V4_MAX: Final = V4_BASE | 0xFFFFFFFF
 _MAX_TEXT: Final = 64  # longest IPv6 text (45) plus a generous zone id
+_NAT64: Final = 0x64FF9B << 64  # 64:ff9b::/96 shifted right by 32 bits
+_ZONE: Final = re.compile(r"[A-Za-z0-9_.-]{1,32}")  # interface names and numeric zone ids, nothing else
 
 _inet_pton = socket.inet_pton
 _inet_ntop = socket.inet_ntop
@@ -49,22 +52,36 @@ class Address(NamedTuple):
 
 
 def address_key(text: str) -> int:
-    """The key of address *text*: the hot-path half of :func:`parse_address` (no object built for IPv4)."""
-    if type(text) is str and ":" not in text:
+    """The key of address *text*: the hot-path half of :func:`parse_address` (no object built)."""
+    if type(text) is str and "%" not in text:
         try:
-            return V4_BASE | _from_bytes(_inet_pton(_AF_INET, text), "big")
+            if ":" not in text:
+                return V4_BASE | _from_bytes(_inet_pton(_AF_INET, text), "big")
+            return _unwrap(_from_bytes(_inet_pton(_AF_INET6, text), "big"))
         except (OSError, ValueError):
             pass
     return parse_address(text).key
 
 
+def _unwrap(key: int) -> int:
+    """The IPv4 key for IPv6 forms that carry a client's IPv4 address: 6to4 (``2002:AABB:CCDD::/48``, which
+    MaxMind's databases alias to the IPv4 tree, but other databases map wholesale to one country) and the
+    NAT64 well-known prefix ``64:ff9b::/96`` (SIIT-DC: IPv4 clients of an IPv6-only server). Geolocating the
+    embedded address also applies the special-range check to it: ``2002:a00:1::`` is private 10.0.0.1."""
+    if key >> 112 == 0x2002:
+        return V4_BASE | ((key >> 80) & 0xFFFFFFFF)
+    if key >> 32 == _NAT64:
+        return V4_BASE | (key & 0xFFFFFFFF)
+    return key
+
+
 def parse_address(text: str) -> Address:
     """Parse *text* as an IP address and normalise it.
 
-    IPv4-mapped IPv6 (``::ffff:a.b.c.d``) becomes the IPv4 address; an IPv6 zone id (``fe80::1%eth0``) is
-    dropped. Anything else that is not a strict address (leading zeros, short forms, brackets, ports,
-    whitespace) raises :class:`InvalidAddressError`: guessing what a malformed address meant is how
-    allow/deny filters get bypassed.
+    IPv4-mapped (``::ffff:a.b.c.d``), 6to4 and NAT64 (``64:ff9b::a.b.c.d``) IPv6 addresses become the IPv4
+    address they carry; an IPv6 zone id (``fe80::1%eth0``) is dropped. Anything else that is not a strict
+    address (leading zeros, short forms, brackets, ports, whitespace) raises :class:`InvalidAddressError`:
+    guessing what a malformed address meant is how allow/deny filters get bypassed.
     """
     if type(text) is not str:
         raise InvalidAddressError(f"expected an IP address string, got {type(text).__name__}")
@@ -72,11 +89,10 @@ def parse_address(text: str) -> Address:
         if ":" not in text:
             key = V4_BASE | _from_bytes(_inet_pton(_AF_INET, text), "big")
         else:
-            if "%" in text:
-                text, _, zone = text.partition("%")
-                if not zone:
-                    raise OSError
-            key = _from_bytes(_inet_pton(_AF_INET6, text), "big")
+            address, _, zone = text.partition("%")
+            if "%" in text and not _ZONE.fullmatch(zone):
+                raise OSError
+            key = _unwrap(_from_bytes(_inet_pton(_AF_INET6, address), "big"))
     except (OSError, ValueError):  # ValueError: embedded NUL
         shown = text if len(text) <= _MAX_TEXT else text[:_MAX_TEXT] + "..."
         raise InvalidAddressError(f"{shown!r} is not a valid IP address") from None
@@ -133,6 +149,7 @@ _SPECIAL_PURPOSE: Final[tuple[tuple[str, str | None], ...]] = (
     ("::1/128", "loopback"),
     ("64:ff9b:1::/48", "private"),  # local-use IPv4/IPv6 translation, RFC 8215
     ("100::/64", "reserved"),  # discard-only, RFC 6666
+    ("100:0:0:1::/64", "reserved"),  # dummy prefix, RFC 9780
     ("2001::/23", "reserved"),  # IETF protocol assignments, incl. Teredo (2001::/32)
     ("2001:1::1/128", None),
     ("2001:1::2/128", None),

@@ -133,6 +133,8 @@ def _read_ips(values: Sequence[str], stdin: TextIO) -> list[str]:
 
 def _lookup(args: argparse.Namespace) -> int:
     ips = _read_ips(args.ips, sys.stdin)
+    if not ips:
+        raise GeofenceError("no addresses given")
     bad = []
     for ip in ips:
         try:
@@ -285,7 +287,7 @@ def _check(args: argparse.Namespace) -> int:
             identity = identity_from_claims(claims, policy.claim_names)
         except IdentityError as exc:
             problem = f"identity claims rejected: {exc}"
-    with Locator(policy.databases, **({"cache_size": policy.cache_size} if policy.cache_size else {})) as locator:
+    with policy.locator() as locator:
         try:
             location = locator.lookup_key(address.key)
         except DatabaseError as exc:

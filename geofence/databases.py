@@ -6,9 +6,12 @@ objects cost 15-25 µs each, which is most of a request's budget.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
+import shutil
+import tempfile
 import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -21,7 +24,7 @@ from .errors import DatabaseError
 from .location import Anonymizer, DatabaseInfo
 from .resources import data_path
 
-__all__ = ["Facts", "GeoDatabase", "default_database_path", "open_database"]
+__all__ = ["LOAD_MODES", "Facts", "GeoDatabase", "default_database_path", "open_database"]
 
 log = logging.getLogger("geofence")
 
@@ -44,7 +47,9 @@ _ANONYMIZER_KEYS: Final = (
     "is_residential_proxy",
     "is_anonymous_proxy",
 )
+_FULL_ANONYMIZER_KEYS: Final = _ANONYMIZER_KEYS[:-1]
 _UNKNOWN_COUNTRIES: Final = frozenset({"ZZ", "XX", "--"})
+_SUBDIVISION_CODE: Final = re.compile(r"([A-Z]{2}-)?[A-Z0-9]{1,3}")
 
 
 class Facts(NamedTuple):
@@ -64,24 +69,33 @@ _NO_FACTS: Final = Facts()
 def _country_code(value: Any, where: str) -> str | None:
     if value is None:
         return None
-    if isinstance(value, str) and len(value) == 2 and value.isascii() and value.isalpha():
-        code = value.upper()
-        return None if code in _UNKNOWN_COUNTRIES else code
-    if value in _UNKNOWN_COUNTRIES:
-        return None
-    raise DatabaseError(f"{where}: {value!r} is not an ISO 3166-1 alpha-2 country code")
+    if isinstance(value, str):
+        if value in _UNKNOWN_COUNTRIES:
+            return None
+        if len(value) == 2 and value.isascii() and value.isalpha():
+            code = value.upper()
+            return None if code in _UNKNOWN_COUNTRIES else code
+    raise DatabaseError(f"{where}: {_short(value)} is not an ISO 3166-1 alpha-2 country code")
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:40] + "..."
 
 
 _ANONYMIZERS: Final[dict[tuple[bool, ...], Anonymizer]] = {}
 
 
-def _anonymizer(flags: Mapping[str, Any]) -> Anonymizer:
+def _anonymizer(flags: Mapping[str, Any], where: str) -> Anonymizer:
+    for name in _ANONYMIZER_KEYS:
+        if name in flags and not isinstance(flags[name], bool):
+            raise DatabaseError(f"{where}: anonymizer flag {name} is {_short(flags[name])}, not true or false")
     key = (
-        flags.get("is_anonymous_vpn") is True,
-        flags.get("is_tor_exit_node") is True,
-        flags.get("is_hosting_provider") is True,
-        flags.get("is_public_proxy") is True or flags.get("is_anonymous_proxy") is True,
-        flags.get("is_residential_proxy") is True,
+        flags.get("is_anonymous_vpn", False),
+        flags.get("is_tor_exit_node", False),
+        flags.get("is_hosting_provider", False),
+        flags.get("is_public_proxy", False) or flags.get("is_anonymous_proxy", False),
+        flags.get("is_residential_proxy", False),
     )
     found = _ANONYMIZERS.get(key)
     if found is None:  # at most 32 combinations, so shared
@@ -89,35 +103,48 @@ def _anonymizer(flags: Mapping[str, Any]) -> Anonymizer:
     return found
 
 
-def _iso_of(record: Mapping[str, Any], key: str, where: str) -> str | None:
+def _part(record: Mapping[str, Any], key: str, where: str) -> Mapping[str, Any] | None:
     part = record.get(key)
-    return _country_code(part.get("iso_code"), where) if isinstance(part, Mapping) else None
+    if part is None or isinstance(part, Mapping):
+        return part
+    raise DatabaseError(f"{where}: {key} is {_short(part)}, not a map")
 
 
 def _geoip2_facts(record: Mapping[str, Any], where: str) -> Facts:
     """GeoIP2 / GeoLite2 Country, City, Enterprise and DB-IP records."""
-    country = _iso_of(record, "country", where)
-    represented = record.get("represented_country")
+    country_part = _part(record, "country", where)
+    country = _country_code(country_part.get("iso_code"), where) if country_part else None
+    registered = _part(record, "registered_country", where)
+    represented = _part(record, "represented_country", where)
+    represented_type = represented.get("type") if represented else None
+    if represented_type is not None and not isinstance(represented_type, str):
+        raise DatabaseError(f"{where}: represented_country.type is {_short(represented_type)}")
     subdivisions: tuple[str, ...] = ()
     raw = record.get("subdivisions")
-    if raw and country:
-        # MaxMind stores only the part after the hyphen ("43" under UA): ISO 3166-2 needs the country prefix.
+    if raw is not None:
+        if not isinstance(raw, list) or not all(isinstance(sub, Mapping) for sub in raw):
+            raise DatabaseError(f"{where}: subdivisions is {_short(raw)}, not a list of maps")
         codes = []
         for sub in raw:
-            code = sub.get("iso_code") if isinstance(sub, Mapping) else None
-            if isinstance(code, str) and code:
-                code = code.upper()
-                codes.append(code if code.startswith(country + "-") else f"{country}-{code}")
+            code = sub.get("iso_code")
+            if code is None:
+                continue  # DB-IP City names subdivisions without ISO codes
+            if not isinstance(code, str) or not _SUBDIVISION_CODE.fullmatch(code.upper()) or country is None:
+                raise DatabaseError(f"{where}: subdivision code {_short(code)} is not part of an ISO 3166-2 code")
+            # MaxMind stores only the part after the hyphen ("43" under UA): ISO 3166-2 needs the country prefix.
+            code = code.upper()
+            codes.append(code if code.startswith(country + "-") else f"{country}-{code}")
         subdivisions = tuple(codes)
-    traits = record.get("traits")
+    traits = _part(record, "traits", where)
     anonymizer = None
-    if isinstance(traits, Mapping) and any(key in traits for key in _ANONYMIZER_KEYS):
-        anonymizer = _anonymizer(traits)
+    if traits and (any(key in traits for key in _FULL_ANONYMIZER_KEYS) or traits.get("is_anonymous_proxy") is True):
+        # Enterprise/Insights traits carry the full set; City's legacy is_anonymous_proxy only says "yes".
+        anonymizer = _anonymizer(traits, where)
     return Facts(
         country=country,
-        registered_country=_iso_of(record, "registered_country", where),
-        represented_country=_iso_of(record, "represented_country", where),
-        represented_country_type=represented.get("type") if isinstance(represented, Mapping) else None,
+        registered_country=_country_code(registered.get("iso_code"), where) if registered else None,
+        represented_country=_country_code(represented.get("iso_code"), where) if represented else None,
+        represented_country_type=represented_type,
         subdivisions=subdivisions,
         anonymizer=anonymizer,
     )
@@ -125,7 +152,7 @@ def _geoip2_facts(record: Mapping[str, Any], where: str) -> Facts:
 
 def _anonymous_facts(record: Mapping[str, Any], where: str) -> Facts:
     """GeoIP2 Anonymous IP and GeoIP Anonymous Plus records (flags at the top level)."""
-    return Facts(anonymizer=_anonymizer(record))
+    return Facts(anonymizer=_anonymizer(record, where))
 
 
 _FLAT_FACTS: Final[dict[Any, Facts]] = {}
@@ -168,13 +195,15 @@ class GeoDatabase:
     database is known not to be an anonymizer.
     """
 
-    __slots__ = ("_extract", "anonymizer_capable", "info", "ip_version", "metadata", "reader")
+    __slots__ = ("_extract", "anonymizer_capable", "has_ipv4", "info", "ip_version", "metadata", "reader")
 
-    def __init__(self, reader: Any, info: DatabaseInfo, metadata: Any) -> None:
+    def __init__(self, reader: Any, info: DatabaseInfo, metadata: Any, has_ipv4: bool = True) -> None:
         self.reader = reader
         self.info = info
         self.metadata = metadata
         self.ip_version: int = metadata.ip_version
+        self.has_ipv4 = has_ipv4
+        """False for an IPv6 database without an IPv4 subtree: it says nothing about IPv4 addresses."""
         self.anonymizer_capable = info.schema == "anonymous"
         self._extract = _SCHEMAS[info.schema]
 
@@ -191,6 +220,8 @@ class GeoDatabase:
 
 
 _missing_extension_warned = False
+LOAD_MODES: Final = ("copy", "mmap")
+_MAX_EPOCH: Final = 253402300799  # 9999-12-31T23:59:59Z
 
 
 def _open_reader(path: str) -> Any:
@@ -206,44 +237,87 @@ def _open_reader(path: str) -> Any:
             "the maxminddb C extension is not available; using the pure-Python reader, "
             "which is 20-50x slower per lookup (reinstall maxminddb with a compiler or a binary wheel)"
         )
-        warnings.warn(message, RuntimeWarning, stacklevel=3)
+        warnings.warn(message, RuntimeWarning, stacklevel=4)
         log.warning(message)
     return maxminddb.open_database(path, maxminddb.MODE_AUTO)
 
 
-def open_database(path: str | os.PathLike[str]) -> GeoDatabase:
+def _open_private_copy(path: str) -> Any:
+    """Open a private snapshot of *path*, so rewriting the file in place later cannot crash the process.
+
+    Readers mmap the file: if an operator (or a cron job with ``cp`` or ``wget -O``) overwrites it in place,
+    lookups read torn data or the process dies of SIGBUS. A snapshot in an anonymous memory file (Linux
+    ``memfd``) or an unlinked temporary file is immune; it costs the file's size in memory per process.
+    """
+    if hasattr(os, "memfd_create") and os.path.isdir("/proc/self/fd"):
+        fd = os.memfd_create("geofence-" + os.path.basename(path), getattr(os, "MFD_CLOEXEC", 0))
+        try:
+            with open(path, "rb") as src, os.fdopen(os.dup(fd), "wb") as dst:
+                shutil.copyfileobj(src, dst, 1 << 20)
+            return _open_reader(f"/proc/self/fd/{fd}")
+        finally:
+            os.close(fd)  # the reader's mapping keeps the memory alive
+    with open(path, "rb") as source, tempfile.NamedTemporaryFile(prefix="geofence-", delete=False) as snapshot:
+        shutil.copyfileobj(source, snapshot, 1 << 20)
+    try:
+        return _open_reader(snapshot.name)
+    finally:
+        with contextlib.suppress(OSError):  # POSIX keeps the mapping; elsewhere the file stays until exit
+            os.unlink(snapshot.name)
+
+
+def open_database(path: str | os.PathLike[str], load: str = "copy") -> GeoDatabase:
     """Open *path*, check it is a sound MaxMind DB and detect its schema.
 
-    Raises :class:`DatabaseError` with a one-line message when the file is missing, is not a MaxMind DB, is
-    corrupt at the first record, or holds a schema geofence cannot use (e.g. an ASN database).
+    *load* is ``"copy"`` (a private in-memory snapshot: safe against in-place rewrites of the file) or
+    ``"mmap"`` (share the file's pages between processes; the file must then only ever be replaced
+    atomically, by rename, as geoipupdate does). Raises :class:`DatabaseError` with a one-line message when
+    the file is missing, is not a MaxMind DB, is corrupt at the first record, or holds a schema geofence
+    cannot use (e.g. an ASN database).
     """
     name = os.fspath(path)
+    if load not in LOAD_MODES:
+        raise DatabaseError(f"load mode {load!r} is not one of {', '.join(LOAD_MODES)}")
     if not os.path.isfile(name):
         raise DatabaseError(f"{name}: no such database file")
     try:
-        reader = _open_reader(name)
+        reader = _open_private_copy(name) if load == "copy" else _open_reader(name)
         metadata = reader.metadata()
-        first = next(iter(reader), None)
     except (InvalidDatabaseError, ValueError, OSError, UnicodeDecodeError) as exc:
         raise DatabaseError(f"{name}: not a readable MaxMind DB ({_one_line(exc)})") from None
     try:
         kind = str(metadata.database_type)
         if metadata.ip_version not in (4, 6) or metadata.record_size not in (24, 28, 32) or metadata.node_count < 1:
             raise DatabaseError(f"{name}: corrupt metadata (ip_version, record_size or node_count out of range)")
+        if not isinstance(metadata.build_epoch, int) or not 0 <= metadata.build_epoch <= _MAX_EPOCH:
+            raise DatabaseError(f"{name}: corrupt metadata (build_epoch {_short(metadata.build_epoch)})")
+        first = _first_record(name, reader)
         schema = _schema_of_type(kind)
         if schema is None:
-            schema = _schema_of_record(first[1] if first else None)
+            schema = _schema_of_record(first)
         if not schema:
             raise DatabaseError(
                 f"{name}: unsupported database type {kind!r}: geofence reads location databases "
                 "(GeoIP2/GeoLite2 Country, City, Enterprise; DB-IP; ip-location-db country) and "
                 "anonymizer databases (GeoIP2 Anonymous IP, GeoIP Anonymous Plus)"
             )
+        has_ipv4 = metadata.ip_version == 4 or reader.get_with_prefix_len("::")[1] >= 96
     except BaseException:
         reader.close()
         raise
-    info = DatabaseInfo(path=name, type=kind, build_epoch=int(metadata.build_epoch), schema=schema)
-    return GeoDatabase(reader, info, metadata)
+    info = DatabaseInfo(path=name, type=kind, build_epoch=metadata.build_epoch, schema=schema)
+    return GeoDatabase(reader, info, metadata, has_ipv4)
+
+
+def _first_record(name: str, reader: Any) -> Any:
+    """The first record in tree order: a cheap corruption check, and the sample for schema sniffing."""
+    try:
+        first = next(iter(reader), None)
+    except InvalidDatabaseError as exc:
+        raise DatabaseError(f"{name}: not a readable MaxMind DB ({_one_line(exc)})") from None
+    except ValueError:  # maxminddb cannot name networks of some IPv6 trees; the tree itself is fine
+        return None
+    return first[1] if first else None
 
 
 def _schema_of_type(kind: str) -> str | None:

@@ -104,9 +104,9 @@ def suggest_code(text: str, extra: Iterable[str] = ()) -> str | None:
     squashed = {e.lower().removeprefix(_GROUP_PREFIX).replace(":", ""): e for e in extra}
     if (exact := squashed.get(candidate.lower().removeprefix(_GROUP_PREFIX).replace(":", ""))) is not None:
         return exact
-    close = difflib.get_close_matches(candidate, extra, n=1, cutoff=0.7)
+    close = difflib.get_close_matches(candidate.lower().removeprefix(_GROUP_PREFIX), list(squashed), n=1, cutoff=0.7)
     if close:
-        return close[0]
+        return squashed[close[0]]
     close = difflib.get_close_matches(candidate.lower(), list(_names()), n=1, cutoff=0.75)
     if close:
         code = _names()[close[0]]

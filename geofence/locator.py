@@ -39,17 +39,23 @@ class Locator:
 
     def __init__(
         self,
-        databases: Sequence[str | os.PathLike[str]] | None = None,
+        databases: Sequence[str | os.PathLike[str]] | str | os.PathLike[str] | None = None,
         *,
         cache_size: int = DEFAULT_CACHE_SIZE,
+        load: str = "copy",
     ) -> None:
-        paths = [default_database_path()] if databases is None else list(databases)
+        if databases is None:
+            paths: list[str | os.PathLike[str]] = [default_database_path()]
+        elif isinstance(databases, str | os.PathLike):
+            paths = [databases]
+        else:
+            paths = list(databases)
         if not paths:
             raise DatabaseError("no GeoIP database configured")
         opened: list[GeoDatabase] = []
         try:
             for path in paths:
-                opened.append(open_database(path))
+                opened.append(open_database(path, load))
         except BaseException:
             for db in opened:
                 db.close()
@@ -105,8 +111,8 @@ class Locator:
         anonymizer: Anonymizer | None = None
         answered = []
         for db in self._databases:
-            if db.ip_version == 4 and not v4:
-                continue  # an IPv4-only database knows nothing of this whole family
+            if (db.ip_version == 4 and not v4) or (v4 and not db.has_ipv4):
+                continue  # an IPv4-only (IPv6-only) database knows nothing of this whole family
             try:
                 record, length = db.reader.get_with_prefix_len(text)
             except (InvalidDatabaseError, ValueError, UnicodeDecodeError) as exc:

@@ -79,6 +79,8 @@ class NetworkCache(Generic[V]):
                 del self._tables[old_prefix][old_bits]
             table[bits] = value
             self._order.append((prefix, bits))
+            if len(self._hints) > self.maxsize * 4:
+                self._hints.clear()
             self._hints[key >> 8 if key >> 32 == 0xFFFF else key >> 80] = (128 - prefix, table)
             self._puts += 1
             if self._puts % _REORDER_EVERY == 0:
@@ -88,6 +90,8 @@ class NetworkCache(Generic[V]):
 
     def clear(self) -> None:
         with self._lock:
+            for table in self._tables.values():
+                table.clear()  # a reader still holding an old probe tuple must find nothing in it
             self._tables.clear()
             self._order.clear()
             self._hints.clear()

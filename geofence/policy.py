@@ -19,9 +19,11 @@ from pathlib import Path
 from typing import Any, Final, NamedTuple
 
 from .addresses import parse_address
+from .databases import LOAD_MODES
 from .destinations import GroupResolver, ReferenceData, load_reference
 from .errors import GeofenceError, InvalidAddressError
 from .identity import ClaimNames
+from .locator import DEFAULT_CACHE_SIZE, Locator
 from .resources import data_path
 from .routes import DEFAULT_MAX_BODY, RouteRule, RouteTable, compile_glob
 
@@ -95,12 +97,17 @@ class Policy:
     exempt_networks: tuple[tuple[int, int, str], ...]
     databases: tuple[str, ...] | None
     cache_size: int | None
+    load: str
     trusted_proxies: tuple[str, ...]
     proxy_header: str
     claim_names: ClaimNames
     reference: ReferenceData
     source: str
     version: str = field(default="")
+
+    def locator(self) -> Locator:
+        """Open the policy's databases (the bundled one when none is configured)."""
+        return Locator(self.databases, cache_size=self.cache_size or DEFAULT_CACHE_SIZE, load=self.load)
 
     def exempt_network(self, key: int) -> str | None:
         """The ``[exempt] networks`` entry holding address *key*, if any."""
@@ -232,7 +239,11 @@ def load_policy(path: str | Path | None = None) -> Policy:
     except UnicodeDecodeError:
         raise PolicyError(str(path), [Problem("", "not UTF-8 text")]) from None
     except tomllib.TOMLDecodeError as exc:
-        raise PolicyError(str(path), [Problem("", f"TOML syntax error: {exc}")]) from None
+        message = str(exc)
+        if "at end of document" in message:  # say which line that is
+            last_line = len(raw.splitlines()) or 1
+            message = message.replace("at end of document", f"at end of document, line {last_line}")
+        raise PolicyError(str(path), [Problem("", f"TOML syntax error: {message}")]) from None
     return parse_policy(data, source=str(path), base_dir=path.parent)
 
 
@@ -241,7 +252,8 @@ def parse_policy(data: Mapping[str, Any], *, source: str = "<policy>", base_dir:
     check = _Checker()
     top = check.table(dict(data), "", _TOP)
 
-    geoip = check.table(top.get("geoip"), "geoip", ("databases", "cache_size"))
+    geoip = check.table(top.get("geoip"), "geoip", ("databases", "cache_size", "load"))
+    load = check.string(geoip.get("load"), "geoip.load", LOAD_MODES) or "copy"
     databases = None
     if "databases" in geoip:
         names = check.strings(geoip["databases"], "geoip.databases")
@@ -324,6 +336,7 @@ def parse_policy(data: Mapping[str, Any], *, source: str = "<policy>", base_dir:
         exempt_networks=exempt_networks,
         databases=databases,
         cache_size=cache_size,
+        load=load,
         trusted_proxies=trusted,
         proxy_header=header.lower(),
         claim_names=claim_names,
@@ -484,6 +497,7 @@ def _with_version(policy: Policy, exempt_globs: list[str]) -> Policy:
         "exempt_paths": exempt_globs,
         "exempt_networks": [text for _, _, text in policy.exempt_networks],
         "databases": plain(policy.databases),
+        "load": policy.load,
         "trusted_proxies": plain(policy.trusted_proxies),
         "proxy_header": policy.proxy_header,
         "claim_names": plain(policy.claim_names),

@@ -179,3 +179,31 @@ def test_table_agrees_with_ipaddress_on_ipv4() -> None:
 )
 def test_format_network(text: str, prefix: int, network: str) -> None:
     assert format_network(address_key(text), prefix) == network
+
+
+@pytest.mark.parametrize(
+    ("text", "embedded"),
+    [
+        ("2002:af2d:b001::1", "175.45.176.1"),  # 6to4 carries the client's IPv4 address
+        ("2002:a00:1::1", "10.0.0.1"),
+        ("64:ff9b::808:808", "8.8.8.8"),  # NAT64 well-known prefix (SIIT-DC)
+        ("64:ff9b::10.1.2.3", "10.1.2.3"),
+    ],
+)
+def test_embedded_ipv4_is_unwrapped(text: str, embedded: str) -> None:
+    address = parse_address(text)
+    assert (address.text, address.version) == (embedded, 4)
+    assert address_key(text) == address_key(embedded)
+
+
+@pytest.mark.parametrize("text", ["fe80::1%x%y", "fe80::1%eth0\nFAKE", "fe80::1%" + "a" * 40, "fe80::1%e th"])
+def test_bad_zone_ids(text: str) -> None:
+    with pytest.raises(InvalidAddressError):
+        parse_address(text)
+    with pytest.raises(InvalidAddressError):
+        address_key(text)
+
+
+def test_rfc_9780_dummy_prefix_is_reserved() -> None:
+    found = special_range(address_key("100:0:0:1::5"))[0]
+    assert found is not None and found.reason == "reserved"

@@ -209,3 +209,11 @@ def test_wheel_ships_the_database_and_works_from_any_directory(tmp_path: Path) -
     row = json.loads(result.stdout)
     assert row["country"] == "US"
     assert row["databases"][0]["path"].startswith(str(target))
+
+
+def test_lookup_empty_stdin_is_an_error() -> None:
+    assert_one_line_error(geofence("lookup", "-", stdin=""), "no addresses given")
+
+
+def test_lookup_zone_id_cannot_inject_output() -> None:
+    assert_one_line_error(geofence("lookup", "2a00:1450::1%x\nFAKE  US"), "not a valid IP address")

@@ -375,3 +375,105 @@ def test_ipv6_answer_never_covers_ipv4(flat_db: Path) -> None:
         assert locator.lookup("2a02:ff0::1").network == "::/0"
         assert locator.lookup("8.8.8.8").country == "US"
         assert locator.lookup("::ffff:8.8.8.8").country == "US"
+
+
+def test_6to4_is_geolocated_by_its_embedded_ipv4(country_db: Path) -> None:
+    with Locator([country_db]) as locator:
+        assert locator.lookup("2002:808:808::1").country == "US"  # 8.8.8.8
+        assert locator.lookup("2002:a00:1::1").reason == "private"  # 10.0.0.1
+
+
+def test_6to4_on_the_bundled_database() -> None:
+    # DB-IP maps all of 2002::/16 to one country; the embedded address is what identifies the client.
+    with Locator() as locator:
+        assert locator.lookup("2002:af2d:b001::1").country == locator.lookup("175.45.176.1").country == "KP"
+
+
+def test_ipv6_database_without_ipv4_data_says_nothing_about_ipv4(write_db: WriteDb) -> None:
+    v6 = write_db(
+        "v6.mmdb", "GeoIP2-Country", {"::/16": {"country": country("KP")}, "2a02::/16": {"country": country("DE")}}
+    )
+    anon = write_db(
+        "v6anon.mmdb", "GeoIP2-Anonymous-IP", {"2a02:ff0::/32": {"is_anonymous": True, "is_anonymous_vpn": True}}
+    )
+    with Locator([v6, anon]) as locator:
+        v4 = locator.lookup("1.2.3.4")
+        assert (v4.country, v4.reason, v4.anonymizer) == (None, "not_found", None)
+        assert locator.lookup("2a02::1").country == "DE"
+        assert locator.lookup("2a02:ff0::1").anonymizer == Anonymizer(vpn=True)
+
+
+@pytest.mark.parametrize(
+    "record",
+    [
+        {"country": "US"},
+        {"country": {"iso_code": ["US"]}},
+        {"country": {"iso_code": {"x": 1}}},
+        {"country": {"iso_code": "US"}, "subdivisions": 5},
+        {"country": {"iso_code": "US"}, "subdivisions": "CA"},
+        {"country": {"iso_code": "US"}, "subdivisions": [{"iso_code": 6}]},
+        {"country": {"iso_code": "US"}, "subdivisions": [{"iso_code": "X" * 100}]},
+        {"country": {"iso_code": "US"}, "registered_country": "US"},
+        {"country": {"iso_code": "US"}, "represented_country": {"iso_code": "US", "type": 7}},
+        {"country": {"iso_code": "US"}, "traits": {"is_anonymous_vpn": "true"}},
+        {"country": {"iso_code": "US"}, "traits": "vpn"},
+    ],
+)
+def test_malformed_records_are_database_errors(write_db: WriteDb, record: dict[str, object]) -> None:
+    path = write_db("malformed.mmdb", "GeoIP2-City", {"8.8.8.0/24": record})
+    with Locator([path]) as locator, pytest.raises(DatabaseError):
+        locator.lookup("8.8.8.8")
+
+
+@pytest.mark.parametrize(
+    "record", [{"is_anonymous": True, "is_tor_exit_node": "yes"}, {"is_anonymous": True, "is_anonymous_vpn": 2}]
+)
+def test_malformed_anonymizer_flags_are_database_errors(write_db: WriteDb, record: dict[str, object]) -> None:
+    path = write_db("anon.mmdb", "GeoIP2-Anonymous-IP", {"8.8.8.0/24": record})
+    with Locator([path]) as locator, pytest.raises(DatabaseError, match="not true or false"):
+        locator.lookup("8.8.8.8")
+
+
+def test_legacy_anonymous_proxy_false_says_nothing(write_db: WriteDb) -> None:
+    path = write_db(
+        "city.mmdb", "GeoIP2-City", {"8.8.8.0/24": {"country": country("US"), "traits": {"is_anonymous_proxy": False}}}
+    )
+    with Locator([path]) as locator:
+        assert locator.lookup("8.8.8.8").anonymizer is None
+
+
+def test_absurd_build_epoch_is_a_database_error(tmp_path: Path) -> None:
+    from mmdb_writer import MMDBWriter
+    from netaddr import IPSet
+
+    class FutureWriter(MMDBWriter):
+        def _build_meta(self) -> dict[str, object]:
+            return {**super()._build_meta(), "build_epoch": 2**62}
+
+    writer = FutureWriter(ip_version=6, database_type="GeoIP2-Country", ipv4_compatible=True)
+    writer.insert_network(IPSet(["8.8.8.0/24"]), {"country": country("US")})
+    writer.to_db_file(str(tmp_path / "future.mmdb"))
+    with pytest.raises(DatabaseError, match="build_epoch"):
+        Locator([tmp_path / "future.mmdb"])
+
+
+def test_copy_mode_survives_the_file_being_overwritten_in_place(country_db: Path) -> None:
+    with Locator([country_db]) as locator:  # load="copy" is the default
+        assert locator.lookup("8.8.8.8").country == "US"
+        with open(country_db, "r+b") as f:  # what `cp new.mmdb live.mmdb` does to a running reader
+            f.truncate(0)
+            f.write(b"\0" * 100)
+        assert locator.lookup("8.8.8.9").country == "US"
+        assert locator.lookup("81.2.69.1").country == "GB"
+
+
+def test_mmap_mode_reads_the_file_itself(country_db: Path) -> None:
+    with Locator([country_db], load="mmap") as locator:
+        assert locator.lookup("8.8.8.8").country == "US"
+    with pytest.raises(DatabaseError, match="load mode"):
+        Locator([country_db], load="memory")
+
+
+def test_a_single_path_is_accepted(country_db: Path) -> None:
+    with Locator(country_db) as locator, Locator(str(country_db)) as again:
+        assert locator.lookup("8.8.8.8").country == again.lookup("8.8.8.8").country == "US"

@@ -109,3 +109,20 @@ def test_concurrent_readers_never_get_a_wrong_network() -> None:
     finally:
         sys.setswitchinterval(interval)
     assert errors == []
+
+
+def test_clear_empties_tables_a_racing_reader_may_still_hold() -> None:
+    cache: NetworkCache[str] = NetworkCache(10)
+    cache.put(v4(8, 8, 8, 8), 96 + 24, "old")
+    held = cache._probe  # what a get() in flight on another thread iterates
+    cache.clear()
+    assert all(not table for _, table in held)
+    assert cache.get(v4(8, 8, 8, 8)) is None
+
+
+def test_hints_stay_bounded_when_every_lookup_is_new() -> None:
+    cache: NetworkCache[int] = NetworkCache(100)
+    for i in range(20_000):
+        cache.put(v4(10, i >> 8 & 255, i & 255, 0), 96 + 24, i)
+    assert len(cache) == 100
+    assert len(cache._hints) <= 4 * 100 + 1

@@ -1,0 +1,136 @@
+"""Route classification: globs, methods, hosts, first match wins, JSON body rules failing closed."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from geofence.routes import BodyRule, RouteRule, RouteTable, compile_glob, normalise_path
+
+RULES = [
+    RouteRule("/v1/models/mythos-5/**", "4E091", index=0),
+    RouteRule(
+        "/v1/messages",
+        "4E091",
+        methods=("POST",),
+        json_field="model",
+        equals=("mythos-5",),
+        matches=("mythos-5*",),
+        max_body_bytes=64,
+        index=1,
+    ),
+    RouteRule("/v1/messages", "5D002", methods=("POST",), json_field="tool.name", equals=("crypto",), index=2),
+    RouteRule("/v1/*/export", "5D002", index=3),
+    RouteRule("/admin/**", "ADMIN", host="*.internal.example", index=4),
+    RouteRule("/v1/messages", "EAR99-LOGGED", methods=("POST",), index=5),
+]
+TABLE = RouteTable(RULES, "EAR99")
+
+
+@pytest.mark.parametrize(
+    ("method", "host", "path", "expected"),
+    [
+        ("GET", "api.example", "/v1/models/mythos-5", "4E091"),
+        ("GET", "api.example", "/v1/models/mythos-5/", "4E091"),
+        ("DELETE", "api.example", "/v1/models/mythos-5/a/b/c", "4E091"),
+        ("GET", "api.example", "/v1/models/mythos-50", "EAR99"),
+        ("GET", "api.example", "/v1/models/mythos-5x/y", "EAR99"),
+        ("GET", "api.example", "/v1/anything/export", "5D002"),
+        ("GET", "api.example", "/v1/a/b/export", "EAR99"),  # * is one segment
+        ("GET", "ops.internal.example", "/admin/users", "ADMIN"),
+        ("GET", "OPS.Internal.Example:8443", "/admin/users", "ADMIN"),  # host is case-insensitive, port dropped
+        ("GET", "api.example", "/admin/users", "EAR99"),
+        ("GET", "a.b.internal.example", "/admin/users", "EAR99"),  # * in a host is one label
+        ("GET", "api.example", "/v1/messages", "EAR99"),  # method filter
+        # Spelling tricks normalise to the controlled path.
+        ("GET", "api.example", "//v1/models/mythos-5/x", "4E091"),
+        ("GET", "api.example", "/v1/models/./mythos-5/x", "4E091"),
+        ("GET", "api.example", "/v1/other/../models/mythos-5/x", "4E091"),
+        ("GET", "api.example", "/v1//models//mythos-5//x", "4E091"),
+    ],
+)
+def test_path_rules(method: str, host: str, path: str, expected: str) -> None:
+    found = TABLE.classify(method, host, path)
+    assert not isinstance(found, BodyRule)
+    assert found[0] == expected
+
+
+def test_first_match_wins_and_names_the_rule() -> None:
+    table = RouteTable([RouteRule("/a/**", "ONE", index=0), RouteRule("/a/b", "TWO", index=1)], "D")
+    assert table.classify("GET", "", "/a/b") == ("ONE", table.rules[0])
+    assert table.classify("GET", "", "/c") == ("D", None)
+
+
+def body(value: object) -> bytes:
+    return json.dumps(value).encode()
+
+
+@pytest.mark.parametrize(
+    ("payload", "expected"),
+    [
+        (body({"model": "mythos-5"}), "4E091"),
+        (body({"model": "MYTHOS-5-20260601"}), "4E091"),  # matches are case-insensitive globs
+        (body({"model": "Mythos-5"}), "4E091"),
+        (body({"model": "haiku"}), "EAR99-LOGGED"),  # falls through to the next matching rule
+        (body({"model": "haiku", "tool": {"name": "crypto"}}), "5D002"),  # second body rule, dotted path
+        (body({}), "EAR99-LOGGED"),
+        (body({"model": 5}), "EAR99-LOGGED"),
+        # Fail closed: the class of the rule that could not be evaluated.
+        (b"not json", "4E091"),
+        (b"", "4E091"),
+        (body(["model", "mythos-5"]), "4E091"),
+        (b'{"model": "haiku", "model": "mythos-5"}', "4E091"),  # duplicate key: parsers disagree on which wins
+        (body({"model": "haiku", "pad": "x" * 100}), "4E091"),  # over max_body_bytes
+        (None, "4E091"),  # the middleware could not buffer it
+        (b"[" * 100_000, "4E091"),  # deep nesting
+    ],
+)
+def test_body_rules(payload: bytes | None, expected: str) -> None:
+    found = TABLE.classify("POST", "api.example", "/v1/messages")
+    assert isinstance(found, BodyRule)
+    assert [r.index for r in found.candidates] == [1, 2, 5]
+    assert found.classify(payload)[0] == expected
+
+
+def test_body_rule_with_nothing_after_it_falls_back_to_default() -> None:
+    table = RouteTable([RouteRule("/m", "C", json_field="model", equals=("x",))], "D")
+    found = table.classify("POST", "", "/m")
+    assert isinstance(found, BodyRule)
+    assert found.classify(b'{"model": "y"}') == ("D", "body matches no rule: default class")
+    assert found.classify(b'{"model": "x"}')[0] == "C"
+
+
+def test_many_rules_compile_to_one_pattern() -> None:
+    rules = [RouteRule(f"/r{i}/**", f"C{i}", index=i) for i in range(500)]
+    table = RouteTable(rules, "D")
+    assert table.classify("GET", "", "/r499/x")[0] == "C499"
+    assert table.classify("GET", "", "/r0")[0] == "C0"
+    assert table.classify("GET", "", "/r500")[0] == "D"
+
+
+@pytest.mark.parametrize(
+    ("glob", "path", "matches"),
+    [
+        ("/a/*", "/a/b", True),
+        ("/a/*", "/a/b/c", False),
+        ("/a/*.json", "/a/x.json", True),
+        ("/a/**", "/a", True),
+        ("/a/**", "/ab", False),
+        ("/a/**/z", "/a/z", True),
+        ("/a/**/z", "/a/b/c/z", True),
+        ("/a.b", "/aXb", False),  # regex metacharacters are literal
+    ],
+)
+def test_glob(glob: str, path: str, matches: bool) -> None:
+    import re
+
+    assert bool(re.fullmatch(compile_glob(glob), path)) is matches
+
+
+@pytest.mark.parametrize(
+    ("path", "normal"),
+    [("/a/b", "/a/b"), ("//a//b/", "/a/b/"), ("/a/./b", "/a/b"), ("/a/../../b", "/b"), ("/", "/"), ("/..", "/")],
+)
+def test_normalise_path(path: str, normal: str) -> None:
+    assert normalise_path(path) == normal
