@@ -27,7 +27,6 @@ from .identity import IdentityError, identity_from_claims
 from .location import Location
 from .locator import Locator
 from .policy import PolicyError, load_policy
-from .routes import BodyRule
 
 EXIT_OK = 0
 EXIT_DENIED = 1
@@ -121,7 +120,28 @@ def _parser() -> argparse.ArgumentParser:
     )
     validate.add_argument("file", metavar="FILE")
     validate.set_defaults(handler=_policy_validate)
+
+    demo = commands.add_parser(
+        "demo",
+        help="serve a demo app behind the middleware",
+        description="Serve a catch-all demo app behind GeofenceMiddleware with uvicorn. The default policy is the "
+        "bundled example, trusting 127.0.0.1 and ::1 as proxies so X-Forwarded-For can simulate callers.",
+    )
+    demo.add_argument("--config", metavar="FILE", help="policy file (default: the bundled example, demo proxies)")
+    demo.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    demo.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    demo.add_argument("--tour", action="store_true", help="run a scripted tour of real requests, then exit")
+    demo.set_defaults(handler=_demo)
     return parser
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from . import demo
+
+    if args.tour:
+        return demo.tour(args.config)
+    demo.serve(args.config, args.host, args.port)
+    return EXIT_OK
 
 
 def _read_ips(values: Sequence[str], stdin: TextIO) -> list[str]:
@@ -261,6 +281,7 @@ def _check(args: argparse.Namespace) -> int:
             raise GeofenceError(f"--claims is not valid JSON ({exc})") from None
     trace: list[str] = []
     request: dict[str, Any] = {"ip": args.ip}
+    route_exempt = None
     if args.export_class is not None:
         if args.export_class not in policy.classes:
             raise GeofenceError(f"unknown class {args.export_class!r} (defined: {', '.join(policy.classes)})")
@@ -269,18 +290,14 @@ def _check(args: argparse.Namespace) -> int:
     else:
         path = args.path or "/"
         request.update(method=args.method.upper(), host=args.host, path=path)
-        found = policy.routes.classify(args.method, args.host, path)
-        if isinstance(found, BodyRule):
-            export_class, why = found.classify(args.body.encode() if args.body is not None else b"")
-            trace.append(f"class: {export_class} ({why})")
+        route = policy.routes.classify(args.method, args.host, path)
+        if route.body is not None:
+            export_class, why = route.body.classify(args.body.encode() if args.body is not None else b"")
         else:
-            export_class, rule = found
-            trace.append(f"class: {export_class} ({rule.describe() if rule else 'no route matches: default class'})")
-    exempt = policy.exempt_network(address.key)
-    if exempt is not None:
-        exempt = f"client in exempt network {exempt}"
-    elif "path" in request and policy.exempt_paths is not None and policy.exempt_paths.fullmatch(request["path"]):
-        exempt = f"path {request['path']} is exempt"
+            export_class, why = route.export_class, route.describe()
+        trace.append(f"class: {export_class} ({why})")
+        route_exempt = route.exempt
+    exempt = policy.exempt_network(address.key) or (route_exempt if args.export_class is None else None)
     identity, problem = None, None
     if claims is not None:
         try:

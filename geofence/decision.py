@@ -93,12 +93,14 @@ def decide(
     identity: Identity | None = None,
     *,
     identity_problem: str | None = None,
+    location_problem: str | None = None,
     exempt: str | None = None,
     trace: list[str] | None = None,
 ) -> Decision:
     """Decide one request. Never raises: a failure to decide is a 503 denial.
 
     *identity_problem* says why a presented identity was rejected (bad signature, expired, malformed claims);
+    *location_problem* why there is no location (e.g. a malformed forwarding header from a trusted proxy);
     *exempt* names the ``[exempt]`` entry that matched, if any; *trace* collects a readable account of every
     rule for ``geofence check``.
     """
@@ -111,7 +113,7 @@ def decide(
                 True, 200, export_class, cls.mode, (Reason(EXEMPT, exempt),), policy.version, location, identity
             )
         reasons: list[Reason] = []
-        _location_rule(policy, cls, location, reasons, trace)
+        _location_rule(policy, cls, location, location_problem, reasons, trace)
         _person_rule(cls.persons, identity, identity_problem, reasons, trace)
         _anonymizer_rule(cls, location, reasons, trace)
     except Exception as exc:  # fail closed: an error is never an allow
@@ -141,10 +143,15 @@ def error_decision(
 
 
 def _location_rule(
-    policy: Policy, cls: ClassPolicy, location: Location | None, reasons: list[Reason], trace: list[str] | None
+    policy: Policy,
+    cls: ClassPolicy,
+    location: Location | None,
+    problem: str | None,
+    reasons: list[Reason],
+    trace: list[str] | None,
 ) -> None:
     if location is None or location.country is None:
-        why = "no location" if location is None else f"not geolocatable ({location.reason})"
+        why = (problem or "no location") if location is None else f"not geolocatable ({location.reason})"
         if cls.unknown_location == "deny":
             reasons.append(Reason(LOCATION_UNKNOWN, f"location unknown: {why}"))
         if trace is not None:

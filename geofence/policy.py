@@ -25,7 +25,7 @@ from .errors import GeofenceError, InvalidAddressError
 from .identity import ClaimNames
 from .locator import DEFAULT_CACHE_SIZE, Locator
 from .resources import data_path
-from .routes import DEFAULT_MAX_BODY, RouteRule, RouteTable, compile_glob
+from .routes import DEFAULT_MAX_BODY, RouteRule, RouteTable
 
 __all__ = [
     "EXAMPLE_POLICY",
@@ -93,13 +93,14 @@ class Policy:
     default_class: str
     routes: RouteTable
     territories: Mapping[str, str]
-    exempt_paths: re.Pattern[str] | None
     exempt_networks: tuple[tuple[int, int, str], ...]
     databases: tuple[str, ...] | None
     cache_size: int | None
     load: str
-    trusted_proxies: tuple[str, ...]
+    trusted_proxies: tuple[tuple[int, int, str], ...]
+    """Inclusive key ranges with their text; the pseudo-network ``unix`` trusts Unix-socket peers."""
     proxy_header: str
+    blocked_by: str | None
     claim_names: ClaimNames
     reference: ReferenceData
     source: str
@@ -109,11 +110,12 @@ class Policy:
         """Open the policy's databases (the bundled one when none is configured)."""
         return Locator(self.databases, cache_size=self.cache_size or DEFAULT_CACHE_SIZE, load=self.load)
 
-    def exempt_network(self, key: int) -> str | None:
-        """The ``[exempt] networks`` entry holding address *key*, if any."""
-        for first, last, text in self.exempt_networks:
-            if first <= key <= last:
-                return text
+    def exempt_network(self, key: int | None) -> str | None:
+        """Why client *key* is exempt (its ``[exempt] networks`` entry), or None."""
+        if key is not None:
+            for first, last, text in self.exempt_networks:
+                if first <= key <= last:
+                    return f"client in exempt network {text}"
         return None
 
 
@@ -171,9 +173,12 @@ class _Checker:
             return None
         return value
 
-    def networks(self, value: Any, path: str) -> list[tuple[int, int, str]]:
+    def networks(self, value: Any, path: str, allow_unix: bool = False) -> list[tuple[int, int, str]]:
         out = []
         for i, text in enumerate(self.strings(value, path)):
+            if allow_unix and text == "unix":
+                out.append((0, -1, text))  # matches no address; the middleware reads it as "trust Unix sockets"
+                continue
             try:
                 out.append(_network(text))
             except ValueError as exc:
@@ -204,7 +209,18 @@ def _network(text: str) -> tuple[int, int, str]:
     return parsed.key, parsed.key | span, text
 
 
-_TOP: Final = ("geoip", "proxies", "defaults", "reference", "groups", "classes", "routes", "exempt", "identity")
+_TOP: Final = (
+    "geoip",
+    "proxies",
+    "defaults",
+    "reference",
+    "groups",
+    "classes",
+    "routes",
+    "exempt",
+    "identity",
+    "response",
+)
 _CLASS_KEYS: Final = (
     "description",
     "allow_destinations",
@@ -263,7 +279,7 @@ def parse_policy(data: Mapping[str, Any], *, source: str = "<policy>", base_dir:
     cache_size = check.integer(geoip.get("cache_size"), "geoip.cache_size")
 
     proxies = check.table(top.get("proxies"), "proxies", ("trusted", "header"))
-    trusted = tuple(text for _, _, text in check.networks(proxies.get("trusted"), "proxies.trusted"))
+    trusted = tuple(check.networks(proxies.get("trusted"), "proxies.trusted", allow_unix=True))
     header = check.string(proxies.get("header"), "proxies.header") or "x-forwarded-for"
     if not _HEADER_NAME.fullmatch(header.lower()):
         check.error("proxies.header", f"{header!r} is not an HTTP header name")
@@ -309,8 +325,15 @@ def parse_policy(data: Mapping[str, Any], *, source: str = "<policy>", base_dir:
 
     exempt = check.table(top.get("exempt"), "exempt", ("paths", "networks"))
     exempt_globs = check.strings(exempt.get("paths"), "exempt.paths")
-    exempt_paths = re.compile("|".join(compile_glob(g) for g in exempt_globs)) if exempt_globs else None
+    for i, glob in enumerate(exempt_globs):
+        if not glob.startswith("/"):
+            check.error(f"exempt.paths[{i}]", f"{glob!r} must start with '/'")
     exempt_networks = tuple(check.networks(exempt.get("networks"), "exempt.networks"))
+
+    response = check.table(top.get("response"), "response", ("blocked_by",))
+    blocked_by = check.string(response.get("blocked_by"), "response.blocked_by")
+    if blocked_by is not None and not re.fullmatch(r"[a-zA-Z][a-zA-Z0-9+.-]*:[^\s<>\"]+", blocked_by):
+        check.error("response.blocked_by", f"{blocked_by!r} is not an absolute URI")
 
     identity = check.table(top.get("identity"), "identity", _IDENTITY_KEYS)
     claim_names = ClaimNames(
@@ -330,20 +353,20 @@ def parse_policy(data: Mapping[str, Any], *, source: str = "<policy>", base_dir:
     policy = Policy(
         classes=classes,
         default_class=default_class,
-        routes=RouteTable(rules, default_class),
+        routes=RouteTable(rules, default_class, exempt_globs),
         territories=reference.territories,
-        exempt_paths=exempt_paths,
         exempt_networks=exempt_networks,
         databases=databases,
         cache_size=cache_size,
         load=load,
         trusted_proxies=trusted,
         proxy_header=header.lower(),
+        blocked_by=blocked_by,
         claim_names=claim_names,
         reference=reference,
         source=source,
     )
-    return _with_version(policy, exempt_globs)
+    return _with_version(policy)
 
 
 def _reference(file: str | None, base_dir: Path | None, check: _Checker) -> ReferenceData:
@@ -475,7 +498,7 @@ def _route(i: int, raw: Any, classes: Mapping[str, ClassPolicy], check: _Checker
     )
 
 
-def _with_version(policy: Policy, exempt_globs: list[str]) -> Policy:
+def _with_version(policy: Policy) -> Policy:
     """Stamp the policy with a hash of everything that can change a decision."""
 
     def plain(value: Any) -> Any:
@@ -494,11 +517,12 @@ def _with_version(policy: Policy, exempt_globs: list[str]) -> Policy:
         "default_class": policy.default_class,
         "routes": plain(policy.routes.rules),
         "territories": plain(policy.territories),
-        "exempt_paths": exempt_globs,
+        "exempt_paths": plain(policy.routes.exempt_paths),
         "exempt_networks": [text for _, _, text in policy.exempt_networks],
         "databases": plain(policy.databases),
         "load": policy.load,
-        "trusted_proxies": plain(policy.trusted_proxies),
+        "trusted_proxies": [text for _, _, text in policy.trusted_proxies],
+        "blocked_by": policy.blocked_by,
         "proxy_header": policy.proxy_header,
         "claim_names": plain(policy.claim_names),
     }

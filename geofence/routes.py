@@ -18,9 +18,9 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
-__all__ = ["BodyRule", "RouteRule", "RouteTable", "compile_glob", "normalise_path"]
+__all__ = ["BodyRule", "Route", "RouteRule", "RouteTable", "compile_glob", "normalise_path"]
 
 DEFAULT_MAX_BODY: Final = 1 << 20
 _MEMO_LIMIT: Final = 4096
@@ -105,6 +105,23 @@ class BodyRule:
         return self.default, "body matches no rule: default class"
 
 
+class Route(NamedTuple):
+    """How a request is classified before its body is read.
+
+    ``body`` is set when the class depends on the body: finish with ``body.classify(...)``; until then
+    ``export_class`` is the first body rule's own class (the fail-closed answer). ``exempt`` names the
+    ``[exempt] paths`` entry that matched, if any.
+    """
+
+    export_class: str
+    rule: RouteRule | None
+    body: BodyRule | None
+    exempt: str | None
+
+    def describe(self) -> str:
+        return self.rule.describe() if self.rule else "no route matches: default class"
+
+
 _MISSING: Final = object()
 
 
@@ -139,49 +156,63 @@ def _field(body: bytes, path: str) -> tuple[Any, str | None]:
 
 
 class RouteTable:
-    """All route rules, compiled. :meth:`classify` is what runs per request."""
+    """All route rules and exempt paths, compiled. :meth:`classify` is what runs per request."""
 
-    __slots__ = ("_memo", "_pattern", "_rules", "_singles", "default_class")
+    __slots__ = ("_exempt", "_exempt_globs", "_memo", "_pattern", "_rules", "_singles", "default_class")
 
-    def __init__(self, rules: Sequence[RouteRule], default_class: str) -> None:
+    def __init__(self, rules: Sequence[RouteRule], default_class: str, exempt_paths: Sequence[str] = ()) -> None:
         self._rules = tuple(rules)
         self.default_class = default_class
         sources = [_rule_regex(rule) for rule in self._rules]
         # One alternation, in rule order: the regex engine returns the first alternative that matches.
         self._pattern = re.compile("|".join(f"(?P<r{i}>{src})" for i, src in enumerate(sources))) if sources else None
         self._singles = tuple(re.compile(src) for src in sources)
-        self._memo: dict[tuple[str, str, str], tuple[str, RouteRule | None] | BodyRule] = {}
+        self._exempt_globs = tuple(exempt_paths)
+        self._exempt = (
+            re.compile("|".join(f"(?P<e{i}>{compile_glob(g)})" for i, g in enumerate(exempt_paths)))
+            if exempt_paths
+            else None
+        )
+        self._memo: dict[tuple[str, str, str], Route] = {}
 
     @property
     def rules(self) -> tuple[RouteRule, ...]:
         return self._rules
 
-    def classify(self, method: str, host: str, path: str) -> tuple[str, RouteRule | None] | BodyRule:
-        """(export class, the deciding rule or None for the default), or a BodyRule to finish with the body."""
+    @property
+    def exempt_paths(self) -> tuple[str, ...]:
+        return self._exempt_globs
+
+    def classify(self, method: str, host: str, path: str) -> Route:
+        """Classify a request by method, host and path (memoised)."""
         key = (method, host, path)
         found = self._memo.get(key)
         if found is None:
-            found = self._classify(f"{method.upper()} {host.lower().partition(':')[0]} {normalise_path(path)}")
+            found = self._classify(method.upper(), host.lower().partition(":")[0], normalise_path(path))
             if len(self._memo) >= _MEMO_LIMIT:
                 self._memo.clear()
             self._memo[key] = found
         return found
 
-    def _classify(self, subject: str) -> tuple[str, RouteRule | None] | BodyRule:
+    def _classify(self, method: str, host: str, path: str) -> Route:
+        exempt = None
+        if self._exempt is not None and (hit := self._exempt.fullmatch(path)) and hit.lastgroup:
+            exempt = f"path matches exempt {self._exempt_globs[int(hit.lastgroup[1:])]}"
+        subject = f"{method} {host} {path}"
         match = self._pattern.fullmatch(subject) if self._pattern is not None else None
         if match is None or match.lastgroup is None:
-            return self.default_class, None
+            return Route(self.default_class, None, None, exempt)
         first = int(match.lastgroup[1:])
         rule = self._rules[first]
         if rule.json_field is None:
-            return rule.export_class, rule
+            return Route(rule.export_class, rule, None, exempt)
         candidates = [rule]
         for later, pattern in zip(self._rules[first + 1 :], self._singles[first + 1 :], strict=True):
             if pattern.fullmatch(subject):
                 candidates.append(later)
                 if later.json_field is None:
                     break
-        return BodyRule(tuple(candidates), self.default_class)
+        return Route(rule.export_class, rule, BodyRule(tuple(candidates), self.default_class), exempt)
 
 
 def _rule_regex(rule: RouteRule) -> str:

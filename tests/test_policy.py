@@ -215,8 +215,25 @@ def test_exempt_networks() -> None:
     from geofence.addresses import address_key
 
     policy = parse_policy({**MINIMAL, "exempt": {"networks": ["192.0.2.0/24", "2001:db8::/32", "198.51.100.7"]}})
-    assert policy.exempt_network(address_key("192.0.2.55")) == "192.0.2.0/24"
-    assert policy.exempt_network(address_key("::ffff:192.0.2.55")) == "192.0.2.0/24"
-    assert policy.exempt_network(address_key("2001:db8::1")) == "2001:db8::/32"
-    assert policy.exempt_network(address_key("198.51.100.7")) == "198.51.100.7"
+    assert policy.exempt_network(address_key("192.0.2.55")) == "client in exempt network 192.0.2.0/24"
+    assert policy.exempt_network(address_key("::ffff:192.0.2.55")) == "client in exempt network 192.0.2.0/24"
+    assert policy.exempt_network(address_key("2001:db8::1")) == "client in exempt network 2001:db8::/32"
+    assert policy.exempt_network(address_key("198.51.100.7")) == "client in exempt network 198.51.100.7"
     assert policy.exempt_network(address_key("198.51.100.8")) is None
+    assert policy.exempt_network(None) is None
+
+
+def test_response_and_proxy_sections() -> None:
+    policy = parse_policy(
+        {
+            **MINIMAL,
+            "response": {"blocked_by": "https://example.com/export"},
+            "proxies": {"trusted": ["unix", "10.0.0.0/8"], "header": "Forwarded"},
+        }
+    )
+    assert policy.blocked_by == "https://example.com/export"
+    assert [text for _, _, text in policy.trusted_proxies] == ["unix", "10.0.0.0/8"]
+    assert policy.proxy_header == "forwarded"
+    found = problems({**MINIMAL, "response": {"blocked_by": "not a uri"}, "proxies": {"header": "bad header"}})
+    assert "response.blocked_by: 'not a uri' is not an absolute URI" in found
+    assert "proxies.header: 'bad header' is not an HTTP header name" in found

@@ -51,15 +51,15 @@ TABLE = RouteTable(RULES, "EAR99")
     ],
 )
 def test_path_rules(method: str, host: str, path: str, expected: str) -> None:
-    found = TABLE.classify(method, host, path)
-    assert not isinstance(found, BodyRule)
-    assert found[0] == expected
+    route = TABLE.classify(method, host, path)
+    assert route.body is None
+    assert route.export_class == expected
 
 
 def test_first_match_wins_and_names_the_rule() -> None:
     table = RouteTable([RouteRule("/a/**", "ONE", index=0), RouteRule("/a/b", "TWO", index=1)], "D")
-    assert table.classify("GET", "", "/a/b") == ("ONE", table.rules[0])
-    assert table.classify("GET", "", "/c") == ("D", None)
+    assert table.classify("GET", "", "/a/b") == ("ONE", table.rules[0], None, None)
+    assert table.classify("GET", "", "/c") == ("D", None, None, None)
 
 
 def body(value: object) -> bytes:
@@ -87,26 +87,36 @@ def body(value: object) -> bytes:
     ],
 )
 def test_body_rules(payload: bytes | None, expected: str) -> None:
-    found = TABLE.classify("POST", "api.example", "/v1/messages")
-    assert isinstance(found, BodyRule)
-    assert [r.index for r in found.candidates] == [1, 2, 5]
-    assert found.classify(payload)[0] == expected
+    route = TABLE.classify("POST", "api.example", "/v1/messages")
+    assert isinstance(route.body, BodyRule)
+    assert route.export_class == "4E091"  # before the body is read: the fail-closed answer
+    assert [r.index for r in route.body.candidates] == [1, 2, 5]
+    assert route.body.classify(payload)[0] == expected
 
 
 def test_body_rule_with_nothing_after_it_falls_back_to_default() -> None:
     table = RouteTable([RouteRule("/m", "C", json_field="model", equals=("x",))], "D")
-    found = table.classify("POST", "", "/m")
-    assert isinstance(found, BodyRule)
-    assert found.classify(b'{"model": "y"}') == ("D", "body matches no rule: default class")
-    assert found.classify(b'{"model": "x"}')[0] == "C"
+    body = table.classify("POST", "", "/m").body
+    assert body is not None
+    assert body.classify(b'{"model": "y"}') == ("D", "body matches no rule: default class")
+    assert body.classify(b'{"model": "x"}')[0] == "C"
 
 
 def test_many_rules_compile_to_one_pattern() -> None:
     rules = [RouteRule(f"/r{i}/**", f"C{i}", index=i) for i in range(500)]
     table = RouteTable(rules, "D")
-    assert table.classify("GET", "", "/r499/x")[0] == "C499"
-    assert table.classify("GET", "", "/r0")[0] == "C0"
-    assert table.classify("GET", "", "/r500")[0] == "D"
+    assert table.classify("GET", "", "/r499/x").export_class == "C499"
+    assert table.classify("GET", "", "/r0").export_class == "C0"
+    assert table.classify("GET", "", "/r500").export_class == "D"
+
+
+def test_exempt_paths() -> None:
+    table = RouteTable([RouteRule("/**", "C", index=0)], "D", ["/healthz", "/public/**"])
+    assert table.classify("GET", "", "/healthz").exempt == "path matches exempt /healthz"
+    assert table.classify("GET", "", "/public/a/b").exempt == "path matches exempt /public/**"
+    assert table.classify("GET", "", "//public/../healthz").exempt is not None  # normalised first
+    assert table.classify("GET", "", "/healthz2").exempt is None
+    assert table.classify("GET", "", "/healthz").export_class == "C"
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,103 @@
+"""Per-endpoint requirements for Starlette and FastAPI apps behind :class:`GeofenceMiddleware`.
+
+The middleware decides each request by its route rules. These helpers let one endpoint demand a class in
+code as well — re-deciding with the facts the middleware already gathered (no second lookup), so a route the
+policy file forgot is still protected where the code says so.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any, TypeVar
+
+from .decision import Decision, decide, error_decision
+from .middleware import POLICY_KEY, STATE_KEY
+from .responses import ResponseConfig, denial_response
+
+__all__ = ["GeofenceDenied", "check_class", "install_handler", "require_class", "requires_class"]
+
+F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
+
+
+class GeofenceDenied(Exception):
+    """Raised by :func:`require_class` when the endpoint's class is denied; carries the decision."""
+
+    def __init__(self, decision: Decision) -> None:
+        super().__init__(f"{decision.status} {decision.export_class}")
+        self.decision = decision
+
+
+def check_class(scope: MutableMapping[str, Any], export_class: str) -> Decision:
+    """Decide *export_class* for the request in *scope*, from the middleware's facts; fail closed without them."""
+    state = scope.get("state") or {}
+    current: Decision | None = state.get(STATE_KEY)
+    policy = state.get(POLICY_KEY)
+    if current is None or policy is None:
+        raise RuntimeError("GeofenceMiddleware must run before a geofence endpoint requirement")
+    if export_class not in policy.classes:
+        return error_decision(policy, export_class, f"unknown class {export_class!r}", current.location)
+    if current.export_class == export_class:
+        return current
+    exempt = current.reasons[0].detail if current.reasons and current.reasons[0].code == "exempt" else None
+    problem = next((r.detail for r in current.reasons if r.code == "identity_invalid"), None)
+    location_problem = next((r.detail for r in current.reasons if r.code == "location_unknown"), None)
+    return decide(
+        policy, export_class, current.location, current.identity,
+        identity_problem=problem, location_problem=location_problem, exempt=exempt,
+    )  # fmt: skip
+
+
+def require_class(export_class: str) -> Callable[..., Decision]:
+    """A FastAPI dependency: ``@app.get("/weights", dependencies=[Depends(require_class("4E091"))])``.
+
+    Returns the decision when allowed; otherwise raises :class:`GeofenceDenied`, which
+    :func:`install_handler` turns into the standard 451 / 401 / 503 response.
+    """
+    from starlette.requests import Request
+
+    def dependency(request: Request) -> Decision:
+        decision = check_class(request.scope, export_class)
+        if not decision.allowed:
+            raise GeofenceDenied(decision)
+        return decision
+
+    return dependency
+
+
+def requires_class(export_class: str) -> Callable[[F], F]:
+    """A decorator for Starlette endpoints ``async def endpoint(request)``: deny unless *export_class* is allowed."""
+    from starlette.requests import Request
+    from starlette.responses import Response
+
+    def decorate(endpoint: F) -> F:
+        @functools.wraps(endpoint)
+        async def wrapper(request: Request, *args: Any, **kwargs: Any) -> Any:
+            decision = check_class(request.scope, export_class)
+            if not decision.allowed:
+                return _response(decision, request, Response)
+            return await endpoint(request, *args, **kwargs)
+
+        return wrapper  # type: ignore[return-value]
+
+    return decorate
+
+
+def install_handler(app: Any) -> None:
+    """Register the :class:`GeofenceDenied` handler on a Starlette or FastAPI *app*."""
+    from starlette.requests import Request
+    from starlette.responses import Response
+
+    async def handler(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, GeofenceDenied)
+        response: Response = _response(exc.decision, request, Response)
+        return response
+
+    app.add_exception_handler(GeofenceDenied, handler)
+
+
+def _response(decision: Decision, request: Any, response_class: Any) -> Any:
+    policy = request.scope["state"][POLICY_KEY]
+    denial = denial_response(decision, ResponseConfig(blocked_by=policy.blocked_by), request.headers.get("accept", ""))
+    headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in denial.headers if k != b"content-length"}
+    return response_class(denial.body, status_code=denial.status, headers=headers)

@@ -1,0 +1,347 @@
+"""The pure-ASGI middleware: scope -> client address -> location / identity -> class -> decision -> action.
+
+One line protects any ASGI app::
+
+    app.add_middleware(GeofenceMiddleware, config="geofence.toml")
+
+Every ``http`` request and ``websocket`` handshake is decided before the app sees it; denied requests never
+reach the app. ``lifespan`` and other scope types pass straight through. Pure ASGI (no ``BaseHTTPMiddleware``,
+which costs ~200 µs a request and never sees WebSockets).
+
+The per-request path touches only what it needs: the route memo, the client address, the network-keyed
+location cache and a decision cache keyed by (class, location, identity) objects, so a repeat request from a
+known network costs a few dictionary lookups. Everything else — a policy or database change on disk — is
+picked up by a background thread that validates the new state and swaps it in with one reference assignment.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections import Counter
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+from .client_ip import ClientAddress, ProxyConfig, resolve_client
+from .decision import Decision, decide, error_decision
+from .errors import GeofenceError
+from .identity import Identity, IdentityError
+from .locator import Locator
+from .policy import Policy, load_policy, parse_policy
+from .responses import DenialResponse, ResponseConfig, denial_response
+
+__all__ = ["GeofenceMiddleware", "IdentityResolver"]
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+IdentityResolver = Callable[[Scope], Identity | None]
+"""Returns the caller's verified identity, None for none, or raises IdentityError for a rejected one."""
+
+log = logging.getLogger("geofence")
+decisions_log = logging.getLogger("geofence.decision")
+
+STATE_KEY: Final = "geofence"
+POLICY_KEY: Final = "geofence.policy"
+_DECISION_CACHE_LIMIT: Final = 65_536
+_CLIENT_CACHE_LIMIT: Final = 16_384
+_INTERNAL_ERROR_CLASS: Final = "unknown"
+
+
+@dataclass
+class _State:
+    """Everything a request reads, built and validated together, swapped as one reference."""
+
+    policy: Policy
+    locator: Locator
+    proxies: ProxyConfig
+    proxy_header: bytes
+    needs_host: bool
+    responses: ResponseConfig
+    signature: tuple[Any, ...] = ()
+    decisions: dict[tuple[str, int, int, str | None], tuple[Any, Any, Decision]] = field(default_factory=dict)
+    clients: dict[tuple[str | None, bytes | None], ClientAddress] = field(default_factory=dict)
+
+
+class GeofenceMiddleware:
+    """Decide every request against an export-control policy; pass, or answer 451 / 401 / 503.
+
+    *config* is a policy file path, a parsed :class:`Policy`, a dict in the policy file's shape, or None for
+    the bundled example policy. With a file, ``reload=True`` (the default for files) watches it and the
+    configured databases, and swaps in a validated new state without a restart; an invalid change is logged
+    and the running policy kept. *identity* resolves a verified identity for a request (e.g. from your
+    authentication middleware). *on_decision* is called with every denial and every report-mode would-be
+    denial, for audit. *deny_response* may return a custom :class:`DenialResponse` (or None for the default).
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        config: str | os.PathLike[str] | Policy | Mapping[str, Any] | None = None,
+        *,
+        identity: IdentityResolver | None = None,
+        reload: bool | None = None,
+        reload_interval: float = 2.0,
+        on_decision: Callable[[Decision, Scope], None] | None = None,
+        deny_response: Callable[[Decision, Scope], DenialResponse | None] | None = None,
+    ) -> None:
+        self.app = app
+        self._path = Path(config) if isinstance(config, str | os.PathLike) else None
+        self._config = config
+        self._identity = identity
+        self._on_decision = on_decision
+        self._deny_hook = deny_response
+        self.stats: Counter[tuple[str, str, str]] = Counter()
+        """Denials and report-mode would-be denials, by (outcome, export class, reason code)."""
+        self._state = self._build()
+        self._stop = threading.Event()
+        self._watcher: threading.Thread | None = None
+        if reload if reload is not None else self._path is not None:
+            if self._path is None:
+                raise GeofenceError("reload needs a policy file path")
+            self._watcher = threading.Thread(
+                target=self._watch, args=(reload_interval,), name="geofence-reload", daemon=True
+            )
+            self._watcher.start()
+
+    # --- state --------------------------------------------------------------------------------------------
+
+    @property
+    def policy(self) -> Policy:
+        """The policy in force now."""
+        return self._state.policy
+
+    def _build(self) -> _State:
+        config = self._config
+        if isinstance(config, Policy):
+            policy = config
+        elif isinstance(config, Mapping):
+            policy = parse_policy(config)
+        else:
+            policy = load_policy(self._path)
+        signature = self._signature(policy)
+        proxies = ProxyConfig.from_networks(policy.trusted_proxies, policy.proxy_header)
+        return _State(
+            policy=policy,
+            locator=policy.locator(),
+            proxies=proxies,
+            proxy_header=policy.proxy_header.encode("latin-1"),
+            needs_host=any(rule.host for rule in policy.routes.rules),
+            responses=ResponseConfig(
+                blocked_by=policy.blocked_by,
+                vary=("Accept", "Authorization", "Cookie", policy.proxy_header.title()),
+                hook=self._deny_hook,
+            ),
+            signature=signature,
+        )
+
+    def _signature(self, policy: Policy | None) -> tuple[Any, ...]:
+        """What the watcher compares: the policy file and the databases it names, by inode, size and mtime."""
+        paths = [self._path] if self._path is not None else []
+        if policy is not None:
+            paths += [Path(p) for p in policy.databases or ()]
+        signature: list[tuple[Any, ...]] = []
+        for path in paths:
+            try:
+                st = os.stat(path)
+                signature.append((str(path), st.st_ino, st.st_size, st.st_mtime_ns))
+            except OSError:
+                signature.append((str(path), None))
+        return tuple(signature)
+
+    def reload(self) -> bool:
+        """Re-read the policy file and databases now; True if a new state was swapped in."""
+        try:
+            state = self._build()
+        except GeofenceError as exc:
+            log.error("geofence: keeping policy %s: the new configuration is invalid: %s", self.policy.version, exc)
+            return False
+        old = self._state
+        self._state = state  # one reference assignment: requests see the old state or the new, never a mix
+        if state.policy.version != old.policy.version:
+            log.warning("geofence: policy %s replaced by %s", old.policy.version, state.policy.version)
+        # The old readers are not closed here: a request may still be using them. They close when unreferenced.
+        return True
+
+    def _watch(self, interval: float) -> None:
+        seen = self._state.signature
+        while not self._stop.wait(interval):
+            current = self._signature(self._state.policy)
+            if current != seen:  # a failed reload is not retried until the files change again
+                seen = current
+                self.reload()
+
+    def close(self) -> None:
+        """Stop watching for changes."""
+        self._stop.set()
+        if self._watcher is not None:
+            self._watcher.join(timeout=5)
+
+    # --- the request path ---------------------------------------------------------------------------------
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind != "http" and kind != "websocket":
+            await self.app(scope, receive, send)
+            return
+        state = self._state
+        try:
+            decision, receive = await self._decide(state, scope, receive)
+        except Exception as exc:  # fail closed, and never show the client a traceback
+            log.exception("geofence: could not decide %s %s", scope.get("method", "WEBSOCKET"), scope.get("path"))
+            decision = error_decision(state.policy, _INTERNAL_ERROR_CLASS, f"internal error: {type(exc).__name__}")
+        scope_state = scope.get("state")
+        if scope_state is None:
+            scope_state = scope["state"] = {}
+        scope_state[STATE_KEY] = decision
+        scope_state[POLICY_KEY] = state.policy
+        if decision.allowed:
+            if decision.reasons and decision.would_deny:
+                self._record("would_deny", decision, scope)
+            await self.app(scope, receive, send)
+            return
+        self._record("deny", decision, scope)
+        response = denial_response(decision, state.responses, _header(scope, b"accept"), scope)
+        if kind == "http":
+            await send({"type": "http.response.start", "status": response.status, "headers": list(response.headers)})
+            body = b"" if scope.get("method") == "HEAD" else response.body
+            await send({"type": "http.response.body", "body": body})
+            return
+        await _deny_websocket(scope, receive, send, response)
+
+    async def _decide(self, state: _State, scope: Scope, receive: Receive) -> tuple[Decision, Receive]:
+        policy = state.policy
+        method = scope["method"] if scope["type"] == "http" else "WEBSOCKET"
+        host = _header(scope, b"host") if state.needs_host else ""
+        route = policy.routes.classify(method, host, scope["path"])
+        export_class = route.export_class
+        if route.body is not None:
+            body, receive = await _buffer_body(scope, receive, route.body.candidates[0].max_body_bytes)
+            export_class, _ = route.body.classify(body)
+
+        client = self._client(state, scope)
+        identity, identity_problem = self._resolve_identity(scope)
+        exempt = route.exempt or policy.exempt_network(client.key)
+        if client.key is None:
+            decision = decide(
+                policy, export_class, None, identity, identity_problem=identity_problem,
+                location_problem=f"client address unknown: {client.problem}", exempt=exempt,
+            )  # fmt: skip
+            return decision, receive
+        location = state.locator.lookup_key(client.key)
+        if identity_problem is not None:
+            return decide(
+                policy, export_class, location, None, identity_problem=identity_problem, exempt=exempt
+            ), receive
+        cache_key = (export_class, id(location), id(identity), exempt)
+        cached = state.decisions.get(cache_key)
+        if cached is not None and cached[0] is location and cached[1] is identity:
+            return cached[2], receive
+        decision = decide(policy, export_class, location, identity, exempt=exempt)
+        if len(state.decisions) >= _DECISION_CACHE_LIMIT:
+            state.decisions.clear()
+        # The objects are kept in the entry, so their ids cannot be reused by others while it exists.
+        state.decisions[cache_key] = (location, identity, decision)
+        return decision, receive
+
+    def _client(self, state: _State, scope: Scope) -> ClientAddress:
+        client = scope.get("client")
+        peer = client[0] if client else None
+        forwarded = (
+            _header_lines(scope, state.proxy_header) if state.proxies.trusted or state.proxies.trust_unix else []
+        )
+        key = (peer, b"\n".join(forwarded) if forwarded else None)
+        found = state.clients.get(key)
+        if found is None:
+            found = resolve_client(scope, state.proxies, forwarded)
+            if len(state.clients) >= _CLIENT_CACHE_LIMIT:
+                state.clients.clear()
+            state.clients[key] = found
+        return found
+
+    def _resolve_identity(self, scope: Scope) -> tuple[Identity | None, str | None]:
+        if self._identity is None:
+            return None, None
+        try:
+            return self._identity(scope), None
+        except IdentityError as exc:
+            return None, str(exc)
+
+    def _record(self, outcome: str, decision: Decision, scope: Scope) -> None:
+        for reason in decision.reasons:
+            self.stats[(outcome, decision.export_class, reason.code)] += 1
+        decisions_log.info(
+            "%s %s %s %s class=%s status=%s reasons=%s policy=%s",
+            outcome,
+            scope.get("method", "WEBSOCKET"),
+            scope.get("path"),
+            (scope.get("client") or ("-",))[0],
+            decision.export_class,
+            decision.status,
+            ",".join(r.code for r in decision.reasons),
+            decision.policy_version,
+        )
+        if self._on_decision is not None:
+            try:
+                self._on_decision(decision, scope)
+            except Exception:
+                log.exception("geofence: on_decision hook failed")
+
+
+def _header(scope: Scope, name: bytes) -> str:
+    for key, value in scope["headers"]:
+        if key == name:
+            return str(value.decode("latin-1"))
+    return ""
+
+
+def _header_lines(scope: Scope, name: bytes) -> list[bytes]:
+    return [value for key, value in scope["headers"] if key == name]
+
+
+async def _buffer_body(scope: Scope, receive: Receive, limit: int) -> tuple[bytes | None, Receive]:
+    """Read the body up to *limit* bytes, and a receive that replays what was read, then continues.
+
+    Returns None for the body when it is larger than *limit* (or the client left): the class then fails
+    closed. Nothing is lost either way: the app still receives every byte the client sent.
+    """
+    messages: list[Message] = []
+    size = 0
+    complete = False
+    while size <= limit:
+        message = await receive()
+        messages.append(message)
+        if message["type"] != "http.request":
+            break
+        size += len(message.get("body", b""))
+        if not message.get("more_body", False):
+            complete = size <= limit
+            break
+    body = b"".join(m.get("body", b"") for m in messages if m["type"] == "http.request") if complete else None
+    pending = iter(messages)
+
+    async def replay() -> Message:
+        for message in pending:
+            return message
+        return await receive()
+
+    return body, replay
+
+
+async def _deny_websocket(scope: Scope, receive: Receive, send: Send, response: DenialResponse) -> None:
+    """Refuse a WebSocket before accepting it: an HTTP response where the server supports it, else 1008."""
+    message = await receive()
+    if message["type"] != "websocket.connect":
+        return
+    if "websocket.http.response" in scope.get("extensions", {}):
+        await send(
+            {"type": "websocket.http.response.start", "status": response.status, "headers": list(response.headers)}
+        )
+        await send({"type": "websocket.http.response.body", "body": response.body})
+    else:
+        await send({"type": "websocket.close", "code": 1008, "reason": "policy violation"})
