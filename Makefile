@@ -15,19 +15,9 @@ $(BIN)/geofence: pyproject.toml
 	@touch $@
 
 demo: $(BIN)/geofence
-	$(BIN)/geofence db info
+	$(BIN)/geofence lookup 8.8.8.8 2a00:1450:4001:81b::200e 5.255.255.5 ::ffff:81.2.69.142 10.1.2.3
 	@echo
-	$(BIN)/geofence lookup 8.8.8.8 1.1.1.1 2a00:1450:4001:81b::200e 5.255.255.5 ::ffff:81.2.69.142 10.1.2.3 100.64.0.1 fe80::1%eth0
-	@echo
-	$(BIN)/geofence policy validate data/example-policy.toml
-	@echo
-	-$(BIN)/geofence check --ip 8.8.8.8 --method POST --path /v1/messages --body '{"model": "mythos-5"}'
-	@echo
-	-$(BIN)/geofence check --ip 8.8.8.8 --method POST --path /v1/messages --body '{"model": "mythos-5"}' --claims '{"us_person": true}'
-	@echo
-	-$(BIN)/geofence check --ip 8.8.8.8 --method POST --path /v1/messages --body '{"model": "mythos-5"}' --claims '{"nationalities": ["DEU"]}'
-	@echo
-	-$(BIN)/geofence check --ip 5.255.255.5 --method POST --path /v1/messages --body '{"model": "haiku"}'
+	$(BIN)/geofence demo --tour
 
 test: $(BIN)/geofence
 	$(BIN)/ruff check geofence tests benchmarks
@@ -37,6 +27,7 @@ test: $(BIN)/geofence
 
 bench: $(BIN)/geofence
 	$(BIN)/python benchmarks/lookup.py
+	$(BIN)/python benchmarks/middleware.py
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache

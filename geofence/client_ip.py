@@ -23,7 +23,9 @@ UNIX: Final = "unix"
 """``[proxies] trusted`` entry that trusts a peer on a Unix socket (``scope["client"]`` is None)."""
 LIST_HEADERS: Final = ("x-forwarded-for", "forwarded")
 _MAX_HOPS: Final = 32
-_FORWARDED_PAIR: Final = re.compile(r'\s*([!#$%&\'*+.^_`|~0-9A-Za-z-]+)\s*=\s*("(?:[^"\\]|\\.)*"|[^;,"\s]*)\s*')
+_TOKEN: Final = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
+# RFC 7239: pair = token "=" ( token / quoted-string ); IPv6 and ports need quoting.
+_FORWARDED_PAIR: Final = re.compile(rf'\s*({_TOKEN})=({_TOKEN}|"(?:[^"\\]|\\.)*")\s*')
 
 
 class ClientAddress(NamedTuple):

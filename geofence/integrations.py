@@ -62,6 +62,8 @@ def require_class(export_class: str) -> Callable[..., Decision]:
             raise GeofenceDenied(decision)
         return decision
 
+    # FastAPI reads annotations at run time; with postponed evaluation they are strings naming a local import.
+    dependency.__annotations__ = {"request": Request, "return": Decision}
     return dependency
 
 
