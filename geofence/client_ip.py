@@ -131,8 +131,8 @@ def _split_elements(value: str) -> list[str]:
     return [e for e in elements if e]
 
 
-def resolve_client(scope: Mapping[str, Any], config: ProxyConfig, header_values: list[bytes]) -> ClientAddress:
-    """Resolve the client of *scope*. *header_values* are all lines of the configured header, in order."""
+def resolve_client(scope: Mapping[str, Any], config: ProxyConfig, header: bytes | None) -> ClientAddress:
+    """Resolve the client of *scope*. *header* is the configured header, its lines joined with commas."""
     client = scope.get("client")
     peer_text = client[0] if client else None
     if peer_text is None:
@@ -145,15 +145,14 @@ def resolve_client(scope: Mapping[str, Any], config: ProxyConfig, header_values:
         except InvalidAddressError:
             return ClientAddress(None, peer_text, f"the server reported an invalid client address {peer_text[:60]!r}")
         if not config.is_trusted(peer_key):
-            if header_values and config.trusted:
-                return _check_server_rewrite(peer_key, peer_text, config, header_values)
+            if header is not None and config.trusted:
+                return _check_server_rewrite(peer_key, peer_text, config, header)
             return ClientAddress(peer_key, peer_text)
     # The peer is a trusted proxy: its header names the client.
-    if not header_values:
+    if header is None:
         return ClientAddress(None, None, f"trusted proxy sent no {config.header} header")
     try:
-        value = b",".join(header_values).decode("latin-1")
-        return _walk(value, config)
+        return _walk(header.decode("latin-1"), config)
     except InvalidAddressError as exc:
         return ClientAddress(None, None, f"malformed {config.header} from trusted proxy: {_short(str(exc))}")
 
@@ -183,9 +182,7 @@ def _walk(value: str, config: ProxyConfig) -> ClientAddress:
     return ClientAddress(key, nodes[0], via=header)
 
 
-def _check_server_rewrite(
-    peer_key: int, peer_text: str, config: ProxyConfig, header_values: list[bytes]
-) -> ClientAddress:
+def _check_server_rewrite(peer_key: int, peer_text: str, config: ProxyConfig, header: bytes) -> ClientAddress:
     """An untrusted peer with a forwarding header: either a client sending its own header (ignored), or a
     server that already replaced ``scope["client"]`` from the header (uvicorn ``--proxy-headers``).
 
@@ -194,7 +191,7 @@ def _check_server_rewrite(
     client controls) disagrees, and that fails closed.
     """
     try:
-        value = b",".join(header_values).decode("latin-1")
+        value = header.decode("latin-1")
         ours = _walk(value, config)
         listed = {_parse_node(n) for n in _nodes_lenient(value, config.header)}
     except InvalidAddressError:

@@ -195,11 +195,12 @@ class GeoDatabase:
     database is known not to be an anonymizer.
     """
 
-    __slots__ = ("_extract", "anonymizer_capable", "has_ipv4", "info", "ip_version", "metadata", "reader")
+    __slots__ = ("_extract", "anonymizer_capable", "has_ipv4", "info", "infos", "ip_version", "metadata", "reader")
 
     def __init__(self, reader: Any, info: DatabaseInfo, metadata: Any, has_ipv4: bool = True) -> None:
         self.reader = reader
         self.info = info
+        self.infos = (info,)  # what a Location answered by this database alone lists, shared
         self.metadata = metadata
         self.ip_version: int = metadata.ip_version
         self.has_ipv4 = has_ipv4

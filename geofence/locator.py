@@ -14,7 +14,7 @@ from typing import Final, Self
 from maxminddb.errors import InvalidDatabaseError
 
 from .addresses import address_key, format_network, key_address, special_range
-from .databases import GeoDatabase, default_database_path, open_database
+from .databases import Facts, GeoDatabase, default_database_path, open_database
 from .errors import DatabaseError
 from .location import Anonymizer, Location
 from .netcache import NetworkCache
@@ -105,11 +105,7 @@ class Locator:
         else:
             text, v4 = ipv4_text, True
         prefix = 0
-        registered = represented = represented_type = None
-        countries: list[str] = []
-        subdivisions: list[str] = []
-        anonymizer: Anonymizer | None = None
-        answered = []
+        answered: list[tuple[GeoDatabase, Facts]] = []
         for db in self._databases:
             if (db.ip_version == 4 and not v4) or (v4 and not db.has_ipv4):
                 continue  # an IPv4-only (IPv6-only) database knows nothing of this whole family
@@ -119,35 +115,12 @@ class Locator:
                 if db.reader.closed:
                     raise DatabaseError(f"{db.info.path}: the database was closed") from None
                 raise DatabaseError(f"{db.info.path}: corrupt data at {text} ({exc})") from None
-            length = max(length, 0) + (96 if v4 else 0)
-            prefix = max(prefix, length)
-            facts = db.facts(record)
-            if record or db.anonymizer_capable:
-                answered.append(db.info)
-            if facts.country is not None and facts.country not in countries:
-                countries.append(facts.country)
-            for code in facts.subdivisions:
-                if code not in subdivisions:
-                    subdivisions.append(code)
-            if registered is None:
-                registered = facts.registered_country
-            if represented is None:
-                represented, represented_type = facts.represented_country, facts.represented_country_type
-            if db.anonymizer_capable or facts.anonymizer is not None:
-                anonymizer = _merge(anonymizer, facts.anonymizer or _NOT_ANONYMOUS)
-        country = countries[0] if countries else None
-        location = Location(  # positional: keywords cost a third more on this path
-            format_network(key, prefix),
-            country,
-            registered,
-            represented,
-            represented_type,
-            tuple(subdivisions),
-            tuple(countries[1:]),
-            anonymizer,
-            None if country is not None else "not_found",
-            tuple(answered),
-        )
+            length = (length if length > 0 else 0) + (96 if v4 else 0)
+            if length > prefix:
+                prefix = length
+            if record or db.anonymizer_capable:  # an anonymizer database answers by silence too
+                answered.append((db, db.facts(record)))
+        location = _merge(format_network(key, prefix), answered)
         # Cache the largest block of the network that holds no special-purpose address (nearly always the
         # whole network; a database network straddling e.g. 100.64.0.0/10 is cached in smaller pieces).
         cached = prefix
@@ -172,5 +145,49 @@ class Locator:
 _NOT_ANONYMOUS: Final = Anonymizer()
 
 
-def _merge(current: Anonymizer | None, new: Anonymizer) -> Anonymizer:
-    return new if current is None else Anonymizer(*map(operator.or_, current, new))
+def _merge(network: str, answered: list[tuple[GeoDatabase, Facts]]) -> Location:
+    """One Location from what each database said, in priority order (see :class:`Locator`)."""
+    if len(answered) == 1:  # the common case, without the bookkeeping
+        db, facts = answered[0]
+        anonymizer = facts.anonymizer
+        if anonymizer is None and db.anonymizer_capable:
+            anonymizer = _NOT_ANONYMOUS
+        return Location(
+            network,
+            facts.country,
+            facts.registered_country,
+            facts.represented_country,
+            facts.represented_country_type,
+            facts.subdivisions,
+            (),
+            anonymizer,
+            None if facts.country is not None else "not_found",
+            db.infos,
+        )
+    countries: list[str] = []
+    subdivisions: list[str] = []
+    registered = represented = represented_type = None
+    anonymizer = None
+    for db, facts in answered:
+        if facts.country is not None and facts.country not in countries:
+            countries.append(facts.country)
+        subdivisions.extend(code for code in facts.subdivisions if code not in subdivisions)
+        registered = registered or facts.registered_country
+        if represented is None:
+            represented, represented_type = facts.represented_country, facts.represented_country_type
+        if db.anonymizer_capable or facts.anonymizer is not None:
+            flags = facts.anonymizer or _NOT_ANONYMOUS
+            anonymizer = flags if anonymizer is None else Anonymizer(*map(operator.or_, anonymizer, flags))
+    country = countries[0] if countries else None
+    return Location(  # positional: keywords cost a third more on this path
+        network,
+        country,
+        registered,
+        represented,
+        represented_type,
+        tuple(subdivisions),
+        tuple(countries[1:]),
+        anonymizer,
+        None if country is not None else "not_found",
+        tuple(db.info for db, _ in answered),
+    )

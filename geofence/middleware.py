@@ -23,12 +23,13 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
-from .client_ip import ClientAddress, ProxyConfig, resolve_client
+from .client_ip import ProxyConfig, resolve_client
 from .decision import Decision, decide, error_decision
 from .errors import GeofenceError
 from .identity import Identity, IdentityError
+from .location import Location
 from .locator import Locator
 from .policy import Policy, load_policy, parse_policy
 from .responses import DenialResponse, ResponseConfig, denial_response
@@ -53,6 +54,14 @@ _CLIENT_CACHE_LIMIT: Final = 16_384
 _INTERNAL_ERROR_CLASS: Final = "unknown"
 
 
+class _Where(NamedTuple):
+    """What the front cache keeps per (peer, forwarding header): the client's location or why there is none."""
+
+    location: Location | None
+    problem: str | None
+    exempt: str | None
+
+
 @dataclass
 class _State:
     """Everything a request reads, built and validated together, swapped as one reference."""
@@ -61,11 +70,12 @@ class _State:
     locator: Locator
     proxies: ProxyConfig
     proxy_header: bytes
+    reads_forwarded: bool
     needs_host: bool
     responses: ResponseConfig
     signature: tuple[Any, ...] = ()
     decisions: dict[tuple[str, int, int, str | None], tuple[Any, Any, Decision]] = field(default_factory=dict)
-    clients: dict[tuple[str | None, bytes | None], ClientAddress] = field(default_factory=dict)
+    clients: dict[tuple[str | None, bytes | None], _Where] = field(default_factory=dict)
 
 
 class GeofenceMiddleware:
@@ -131,6 +141,7 @@ class GeofenceMiddleware:
             locator=policy.locator(),
             proxies=proxies,
             proxy_header=policy.proxy_header.encode("latin-1"),
+            reads_forwarded=bool(proxies.trusted or proxies.trust_unix),
             needs_host=any(rule.host for rule in policy.routes.rules),
             responses=ResponseConfig(
                 blocked_by=policy.blocked_by,
@@ -191,7 +202,16 @@ class GeofenceMiddleware:
             return
         state = self._state
         try:
-            decision, receive = await self._decide(state, scope, receive)
+            route = state.policy.routes.classify(
+                scope["method"] if kind == "http" else "WEBSOCKET",
+                _header(scope, b"host") if state.needs_host else "",
+                scope["path"],
+            )
+            export_class = route.export_class
+            if route.body is not None:
+                body, receive = await _buffer_body(scope, receive, route.body.candidates[0].max_body_bytes)
+                export_class = route.body.classify(body)[0]
+            decision = self._decide(state, scope, export_class, route.exempt)
         except Exception as exc:  # fail closed, and never show the client a traceback
             log.exception("geofence: could not decide %s %s", scope.get("method", "WEBSOCKET"), scope.get("path"))
             decision = error_decision(state.policy, _INTERNAL_ERROR_CLASS, f"internal error: {type(exc).__name__}")
@@ -214,55 +234,45 @@ class GeofenceMiddleware:
             return
         await _deny_websocket(scope, receive, send, response)
 
-    async def _decide(self, state: _State, scope: Scope, receive: Receive) -> tuple[Decision, Receive]:
-        policy = state.policy
-        method = scope["method"] if scope["type"] == "http" else "WEBSOCKET"
-        host = _header(scope, b"host") if state.needs_host else ""
-        route = policy.routes.classify(method, host, scope["path"])
-        export_class = route.export_class
-        if route.body is not None:
-            body, receive = await _buffer_body(scope, receive, route.body.candidates[0].max_body_bytes)
-            export_class, _ = route.body.classify(body)
-
-        client = self._client(state, scope)
-        identity, identity_problem = self._resolve_identity(scope)
-        exempt = route.exempt or policy.exempt_network(client.key)
-        if client.key is None:
-            decision = decide(
-                policy, export_class, None, identity, identity_problem=identity_problem,
-                location_problem=f"client address unknown: {client.problem}", exempt=exempt,
-            )  # fmt: skip
-            return decision, receive
-        location = state.locator.lookup_key(client.key)
-        if identity_problem is not None:
+    def _decide(self, state: _State, scope: Scope, export_class: str, exempt: str | None) -> Decision:
+        """Everything after classification; synchronous, and a few dictionary lookups when warm."""
+        client = scope.get("client")
+        peer = client[0] if client else None
+        forwarded = _header_list(scope, state.proxy_header) if state.reads_forwarded else None
+        front_key = (peer, forwarded)
+        where = state.clients.get(front_key)
+        if where is None:
+            where = self._locate(state, scope, forwarded)
+            if len(state.clients) >= _CLIENT_CACHE_LIMIT:
+                state.clients.clear()
+            state.clients[front_key] = where
+        location, location_problem, exempt_network = where
+        identity = identity_problem = None
+        if self._identity is not None:
+            identity, identity_problem = self._resolve_identity(scope)
+        exempt = exempt or exempt_network
+        if location is None or identity_problem is not None:
             return decide(
-                policy, export_class, location, None, identity_problem=identity_problem, exempt=exempt
-            ), receive
+                state.policy, export_class, location, identity,
+                identity_problem=identity_problem, location_problem=location_problem, exempt=exempt,
+            )  # fmt: skip
         cache_key = (export_class, id(location), id(identity), exempt)
         cached = state.decisions.get(cache_key)
         if cached is not None and cached[0] is location and cached[1] is identity:
-            return cached[2], receive
-        decision = decide(policy, export_class, location, identity, exempt=exempt)
+            return cached[2]
+        decision = decide(state.policy, export_class, location, identity, exempt=exempt)
         if len(state.decisions) >= _DECISION_CACHE_LIMIT:
             state.decisions.clear()
         # The objects are kept in the entry, so their ids cannot be reused by others while it exists.
         state.decisions[cache_key] = (location, identity, decision)
-        return decision, receive
+        return decision
 
-    def _client(self, state: _State, scope: Scope) -> ClientAddress:
-        client = scope.get("client")
-        peer = client[0] if client else None
-        forwarded = (
-            _header_lines(scope, state.proxy_header) if state.proxies.trusted or state.proxies.trust_unix else []
-        )
-        key = (peer, b"\n".join(forwarded) if forwarded else None)
-        found = state.clients.get(key)
-        if found is None:
-            found = resolve_client(scope, state.proxies, forwarded)
-            if len(state.clients) >= _CLIENT_CACHE_LIMIT:
-                state.clients.clear()
-            state.clients[key] = found
-        return found
+    def _locate(self, state: _State, scope: Scope, forwarded: bytes | None) -> _Where:
+        """Client address -> location, for the front cache. A database error propagates (and is not cached)."""
+        client = resolve_client(scope, state.proxies, forwarded)
+        if client.key is None:
+            return _Where(None, f"client address unknown: {client.problem}", None)
+        return _Where(state.locator.lookup_key(client.key), None, state.policy.exempt_network(client.key))
 
     def _resolve_identity(self, scope: Scope) -> tuple[Identity | None, str | None]:
         if self._identity is None:
@@ -300,8 +310,13 @@ def _header(scope: Scope, name: bytes) -> str:
     return ""
 
 
-def _header_lines(scope: Scope, name: bytes) -> list[bytes]:
-    return [value for key, value in scope["headers"] if key == name]
+def _header_list(scope: Scope, name: bytes) -> bytes | None:
+    """Every line of header *name* joined with commas (RFC 9110 list semantics), or None when absent."""
+    found = None
+    for key, value in scope["headers"]:
+        if key == name:
+            found = value if found is None else found + b"," + value
+    return found
 
 
 async def _buffer_body(scope: Scope, receive: Receive, limit: int) -> tuple[bytes | None, Receive]:

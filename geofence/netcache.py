@@ -4,44 +4,66 @@ A GeoIP database answers for a whole network at once, so the cache stores one en
 address inside it hits. Per-IP caches (what the surveyed middlewares use) need one miss per client address;
 this one needs one per database network.
 
-Layout: one dict per prefix length, keyed by the network bits (``key >> (128 - prefix)``), and a hint per
-neighbourhood (IPv4 /24, IPv6 /48) naming the table that last answered there. A hit is usually two dict
-lookups; when the hint is missing or stale, every length present is probed (most populated first) and the
-hint is updated. Inserts are O(1): a sorted array of ranges found by bisection was tried first, and its
-inserts cost 20 µs at 65k entries. Networks stored are disjoint (cells of one partition of the address
-space), so any hit is the answer.
+Layout: one dict per prefix length, keyed by the network bits (``key >> (128 - prefix)``). Networks at least
+as long as a *bucket* (IPv4 /16, IPv6 /32) lie inside one bucket, so each bucket lists the tables that hold
+its networks and a lookup probes only those (usually one). Shorter networks (an IPv4 /12) are probed in a
+separate, short list. Inserts are O(1). Networks stored are disjoint (cells of one partition of the address
+space), so any hit is the answer. (A sorted array of ranges found by bisection was tried first: inserts cost
+20 µs at 65k entries. Probing every prefix length present costs ~25 dictionary lookups on a miss.)
 """
 
 from __future__ import annotations
 
 import threading
 from collections import deque
-from typing import Generic, TypeVar
+from typing import Final, Generic, TypeVar
 
 __all__ = ["NetworkCache"]
 
 V = TypeVar("V")
 
-_REORDER_EVERY = 256  # inserts between re-sorting the probe order by table size
+_V4_TOP: Final = 0xFFFF  # key >> 32 of every IPv4 key (::ffff:0:0/96)
+_V4_BUCKET: Final = 96 + 16  # prefix length of an IPv4 bucket (/16), in the 128-bit key space
+_V6_BUCKET: Final = 32
+_REORDER_EVERY: Final = 256
+
+
+def _bucket(key: int) -> tuple[int, int]:
+    """(bucket id, bucket prefix length) of *key*."""
+    if key >> 32 == _V4_TOP:
+        return key >> (128 - _V4_BUCKET), _V4_BUCKET
+    return key >> (128 - _V6_BUCKET), _V6_BUCKET
+
+
+Probe = tuple[tuple[int, dict[int, V]], ...]
+
+
+def _has(probe: Probe[V], shift: int) -> bool:
+    for s, _ in probe:
+        if s == shift:
+            return True
+    return False
 
 
 class NetworkCache(Generic[V]):
     """Map networks (128-bit key space, prefix length 0..128) to values; evict the oldest when full.
 
-    Reads take no lock: each probe is a single dict lookup of a complete entry, and the probe order is
-    replaced as a whole. Writers hold a lock.
+    Reads take no lock: each probe is one dict lookup of a complete entry, and probe lists are replaced as
+    whole tuples. Writers hold a lock. A bucket's list is not pruned on eviction (a stale length costs one
+    lookup), and the bucket map is reset when it outgrows four times *maxsize*.
     """
 
-    __slots__ = ("_hints", "_lock", "_order", "_probe", "_puts", "_tables", "maxsize")
+    __slots__ = ("_buckets", "_lock", "_order", "_puts", "_short4", "_short6", "_tables", "maxsize")
 
     def __init__(self, maxsize: int) -> None:
         if maxsize < 1:
             raise ValueError("maxsize must be at least 1")
         self.maxsize = maxsize
         self._tables: dict[int, dict[int, V]] = {}
-        self._probe: tuple[tuple[int, dict[int, V]], ...] = ()  # (shift, table), most populated first
+        self._buckets: dict[int, Probe[V]] = {}  # bucket -> (shift, table) of the lengths present in it
+        self._short4: Probe[V] = ()  # tables of IPv4 networks shorter than a bucket, most populated first
+        self._short6: Probe[V] = ()
         self._order: deque[tuple[int, int]] = deque()  # (prefix, network bits), oldest first
-        self._hints: dict[int, tuple[int, dict[int, V]]] = {}  # neighbourhood -> (shift, table)
         self._puts = 0
         self._lock = threading.Lock()
 
@@ -49,18 +71,17 @@ class NetworkCache(Generic[V]):
         return len(self._order)
 
     def get(self, key: int) -> V | None:
-        near = key >> 8 if key >> 32 == 0xFFFF else key >> 80
-        hint = self._hints.get(near)
-        if hint is not None:
-            value = hint[1].get(key >> hint[0])
-            if value is not None:
-                return value
-        for shift, table in self._probe:
+        if key >> 32 == _V4_TOP:
+            bucket, short = key >> 16, self._short4
+        else:
+            bucket, short = key >> 96, self._short6
+        for shift, table in self._buckets.get(bucket, ()):
             value = table.get(key >> shift)
             if value is not None:
-                if len(self._hints) > self.maxsize * 4:
-                    self._hints.clear()  # hints only speed things up: dropping them is always safe
-                self._hints[near] = (shift, table)
+                return value
+        for shift, table in short:
+            value = table.get(key >> shift)
+            if value is not None:
                 return value
         return None
 
@@ -71,7 +92,6 @@ class NetworkCache(Generic[V]):
             table = self._tables.get(prefix)
             if table is None:
                 table = self._tables[prefix] = {}
-                self._puts = -1  # reorder now so the new length is probed
             elif bits in table:
                 return  # a concurrent miss stored it already
             if len(self._order) >= self.maxsize:
@@ -79,21 +99,30 @@ class NetworkCache(Generic[V]):
                 del self._tables[old_prefix][old_bits]
             table[bits] = value
             self._order.append((prefix, bits))
-            if len(self._hints) > self.maxsize * 4:
-                self._hints.clear()
-            self._hints[key >> 8 if key >> 32 == 0xFFFF else key >> 80] = (128 - prefix, table)
+            bucket, bucket_prefix = _bucket(key)
+            shift = 128 - prefix
+            if prefix >= bucket_prefix:
+                probe = self._buckets.get(bucket, ())
+                if not _has(probe, shift):
+                    if len(self._buckets) > self.maxsize * 4:
+                        self._buckets.clear()  # lists only speed lookups up; a dropped one costs a miss
+                    self._buckets[bucket] = (*probe, (shift, table))
+            elif bucket_prefix == _V4_BUCKET:
+                if not _has(self._short4, shift):
+                    self._short4 = (*self._short4, (shift, table))
+            elif not _has(self._short6, shift):
+                self._short6 = (*self._short6, (shift, table))
             self._puts += 1
-            if self._puts % _REORDER_EVERY == 0:
-                # Empty tables stay (last): a table once probed must stay probed, or its next entry is lost.
-                by_size = sorted(self._tables, key=lambda p: len(self._tables[p]), reverse=True)
-                self._probe = tuple((128 - p, self._tables[p]) for p in by_size)
+            if self._puts % _REORDER_EVERY == 0:  # probe short networks most populated first
+                self._short4 = tuple(sorted(self._short4, key=lambda e: -len(e[1])))
+                self._short6 = tuple(sorted(self._short6, key=lambda e: -len(e[1])))
 
     def clear(self) -> None:
         with self._lock:
             for table in self._tables.values():
-                table.clear()  # a reader still holding an old probe tuple must find nothing in it
+                table.clear()  # a reader still holding an old probe list must find nothing in it
             self._tables.clear()
+            self._buckets.clear()
+            self._short4 = self._short6 = ()
             self._order.clear()
-            self._hints.clear()
-            self._probe = ()
             self._puts = 0

@@ -114,15 +114,31 @@ def test_concurrent_readers_never_get_a_wrong_network() -> None:
 def test_clear_empties_tables_a_racing_reader_may_still_hold() -> None:
     cache: NetworkCache[str] = NetworkCache(10)
     cache.put(v4(8, 8, 8, 8), 96 + 24, "old")
-    held = cache._probe  # what a get() in flight on another thread iterates
+    held = [*cache._buckets.values(), cache._short4]  # what a get() in flight on another thread iterates
     cache.clear()
-    assert all(not table for _, table in held)
+    assert all(not table for probe in held for _, table in probe)
     assert cache.get(v4(8, 8, 8, 8)) is None
 
 
-def test_hints_stay_bounded_when_every_lookup_is_new() -> None:
+def test_bucket_lists_stay_bounded_when_every_lookup_is_new() -> None:
     cache: NetworkCache[int] = NetworkCache(100)
     for i in range(20_000):
-        cache.put(v4(10, i >> 8 & 255, i & 255, 0), 96 + 24, i)
+        cache.put(v4(i >> 8 & 255, i & 255, 0, 0), 96 + 24, i)
     assert len(cache) == 100
-    assert len(cache._hints) <= 4 * 100 + 1
+    assert len(cache._buckets) <= 4 * 100 + 1
+    # Entries whose bucket list was reset are simply not found (a miss), never wrong.
+    assert cache.get(v4(78, 31, 0, 9)) in (None, 19999)
+
+
+def test_short_and_long_networks_of_both_families() -> None:
+    cache: NetworkCache[str] = NetworkCache(100)
+    cache.put(v4(10, 1, 2, 3), 96 + 8, "v4 /8")  # shorter than a bucket
+    cache.put(v4(11, 1, 2, 3), 96 + 24, "v4 /24")
+    cache.put((0x2A00_1450 << 96) | 5, 29, "v6 /29")  # shorter than a bucket
+    cache.put((0x2A01_0000 << 96) | 5, 48, "v6 /48")
+    assert cache.get(v4(10, 200, 0, 1)) == "v4 /8"
+    assert cache.get(v4(11, 1, 2, 200)) == "v4 /24"
+    assert cache.get(v4(11, 1, 3, 0)) is None
+    assert cache.get((0x2A00_1451 << 96) | 1) == "v6 /29"
+    assert cache.get((0x2A01_0000 << 96) | 99) == "v6 /48"
+    assert cache.get((0x2A01_0000 << 96) | (1 << 80)) is None
