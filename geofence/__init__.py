@@ -14,6 +14,7 @@ from .errors import DatabaseError, GeofenceError, InvalidAddressError
 from .identity import Identity, IdentityError, identity_from_claims
 from .location import Anonymizer, DatabaseInfo, Location
 from .locator import Locator
+from .middleware import GeofenceMiddleware
 from .policy import Policy, PolicyError, load_policy, parse_policy
 
 __version__ = "0.1.0"
@@ -24,6 +25,7 @@ __all__ = [
     "DatabaseInfo",
     "Decision",
     "GeofenceError",
+    "GeofenceMiddleware",
     "Identity",
     "IdentityError",
     "InvalidAddressError",

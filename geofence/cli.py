@@ -132,7 +132,31 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     demo.add_argument("--tour", action="store_true", help="run a scripted tour of real requests, then exit")
     demo.set_defaults(handler=_demo)
+
+    token = commands.add_parser(
+        "token",
+        help="mint a demo identity token that `geofence demo` trusts",
+        description="Mint an ES256 identity token (OIDC4IDA verified claims) signed by the local demo key. "
+        "For the demo only: the key is generated per user in ~/.cache/geofence.",
+    )
+    token.add_argument("--nationality", action="append", default=[], metavar="CODE", help="repeat for several")
+    token.add_argument("--us-person", action="store_true", help="claim U.S.-person status")
+    token.add_argument("--key", metavar="FILE", help="signing key (PEM); created if missing")
+    token.add_argument("--ttl", type=int, default=3600, help="lifetime in seconds (default 3600)")
+    token.set_defaults(handler=_token)
     return parser
+
+
+def _token(args: argparse.Namespace) -> int:
+    from .demo import mint_token
+    from .identity import nationality_code
+
+    if args.ttl <= 0:
+        raise GeofenceError("--ttl must be positive")
+    for code in args.nationality:
+        nationality_code(code)  # a clear error for a typo, before anything is signed
+    print(mint_token(args.nationality, args.us_person, Path(args.key) if args.key else None, args.ttl))
+    return EXIT_OK
 
 
 def _demo(args: argparse.Namespace) -> int:

@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import socket
 import sys
 import threading
 import time
 import tomllib
-from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, Self, TextIO
 
 from .errors import GeofenceError
@@ -26,6 +28,67 @@ __all__ = ["demo_app", "demo_policy", "serve", "tour"]
 
 DEMO_PROXIES = ["127.0.0.1/32", "::1/128"]
 BLOCKED_BY = "https://geofence.example/export-controls"
+DEMO_ISSUER = "https://idp.geofence-demo.invalid"
+DEMO_AUDIENCE = "geofence-demo"
+
+
+def demo_key_path() -> Path:
+    """Where the demo signing key lives: a per-user cache file, created on first use (never in the repo)."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "geofence" / "demo-signing-key.pem"
+
+
+def ensure_demo_key(path: Path | None = None) -> tuple[Path, Path]:
+    """The demo EC P-256 key pair (private, public PEM paths), generated if missing. Demo only."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    private = path or demo_key_path()
+    public = private.with_suffix(".pub.pem")
+    if not private.exists():
+        private.parent.mkdir(parents=True, exist_ok=True)
+        key = ec.generate_private_key(ec.SECP256R1())
+        pem = key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+        fd = os.open(private, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(pem)
+    if not public.exists() or public.stat().st_mtime < private.stat().st_mtime:
+        loaded = serialization.load_pem_private_key(private.read_bytes(), password=None)
+        public.write_bytes(
+            loaded.public_key().public_bytes(
+                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+            )
+        )
+    return private, public
+
+
+def mint_token(
+    nationalities: list[str], us_person: bool, key: Path | None = None, ttl: int = 3600, subject: str = "demo-user"
+) -> str:
+    """A demo identity token (ES256) with OIDC4IDA verified claims, signed by the demo key."""
+    import jwt
+
+    private, _ = ensure_demo_key(key)
+    now = int(time.time())
+    claims = {
+        "iss": DEMO_ISSUER,
+        "aud": DEMO_AUDIENCE,
+        "sub": subject,
+        "iat": now,
+        "exp": now + ttl,
+        "us_person": us_person,
+        "verified_claims": {
+            "verification": {
+                "trust_framework": "geofence_demo",
+                "assurance_level": "ial2",
+                "time": datetime.fromtimestamp(now, UTC).isoformat().replace("+00:00", "Z"),
+            },
+            "claims": {"nationalities": nationalities},
+        },
+    }
+    return str(jwt.encode(claims, private.read_bytes(), algorithm="ES256", headers={"kid": "geofence-demo"}))
 
 
 async def demo_app(scope: Scope, receive: Receive, send: Send) -> None:
@@ -68,6 +131,13 @@ def demo_policy(config: str | None) -> Policy | str:
         data = tomllib.load(f)
     data["proxies"] = {"trusted": DEMO_PROXIES, "header": "x-forwarded-for"}
     data["response"] = {"blocked_by": BLOCKED_BY}
+    _, public = ensure_demo_key()
+    data["identity"] = {
+        "issuer": DEMO_ISSUER,
+        "audience": [DEMO_AUDIENCE],
+        "algorithms": ["ES256"],
+        "public_key_file": str(public),
+    }
     return parse_policy(data, source=f"{EXAMPLE_POLICY} (demo: trusts {', '.join(DEMO_PROXIES)})")
 
 
@@ -96,10 +166,15 @@ def serve(config: str | None, host: str, port: int, out: TextIO = sys.stdout) ->
 
 def _curl_examples(host: str, port: int) -> list[str]:
     base = f"http://{host}:{port}"
+    body = '-d \'{"model": "mythos-5"}\''
     return [
         f"curl -s {base}/v1/models -H 'X-Forwarded-For: 8.8.8.8'",
         f"curl -s {base}/v1/models -H 'X-Forwarded-For: 5.255.255.5'",
-        f"curl -s {base}/v1/messages -H 'X-Forwarded-For: 8.8.8.8' -d '{{\"model\": \"mythos-5\"}}'",
+        f"curl -s {base}/v1/messages -H 'X-Forwarded-For: 8.8.8.8' {body}",
+        f"curl -s {base}/v1/messages -H 'X-Forwarded-For: 8.8.8.8' {body} \\",
+        '     -H "Authorization: Bearer $(geofence token --nationality US --us-person)"',
+        f"curl -s {base}/v1/messages -H 'X-Forwarded-For: 8.8.8.8' {body} \\",
+        '     -H "Authorization: Bearer $(geofence token --nationality DE)"',
     ]
 
 
@@ -169,14 +244,23 @@ def request(port: int, step: Step) -> tuple[int, dict[str, str], bytes]:
         connection.close()
 
 
-def default_steps(token: Callable[..., str] | None = None) -> list[Step]:
+def default_steps() -> list[Step]:
     mythos, german = {"model": "mythos-5"}, "2a00:1450:4001:81b::200e"
     controlled = "/v1/models/mythos-5/info"
+    us = {"Authorization": f"Bearer {mint_token(['US'], True, subject='demo-us-person')}"}
+    de = {"Authorization": f"Bearer {mint_token(['DE'], False, subject='demo-german')}"}
     return [
         Step("ordinary model, caller in the US", "GET", "/v1/models", "8.8.8.8"),
         Step("ordinary model, caller in Russia (embargoed)", "GET", "/v1/models", "5.255.255.5"),
         Step("ordinary model, caller in Germany", "POST", "/v1/messages", german, {"model": "haiku"}),
         Step("controlled model, caller in the US, no identity", "POST", "/v1/messages", "8.8.8.8", mythos),
+        Step("controlled model, caller in the US, verified U.S. person", "POST", "/v1/messages", "8.8.8.8", mythos,
+             us),
+        Step("controlled model, same US address, verified German national", "POST", "/v1/messages", "8.8.8.8",
+             mythos, de),
+        Step("controlled model, verified U.S. person in Germany", "POST", "/v1/messages", german, mythos, us),
+        Step("controlled model, a tampered token", "POST", "/v1/messages", "8.8.8.8", mythos,
+             {"Authorization": us["Authorization"][:-4] + "AAAA"}),
         Step("controlled model by path, caller in Australia", "GET", "/v1/models/fable-5/info", "1.1.1.1"),
         Step("controlled model, caller behind a private address", "GET", controlled, "10.1.2.3"),
         Step("controlled model, malformed X-Forwarded-For from the proxy", "GET", controlled, "8.8.8.8:junk"),
@@ -184,6 +268,18 @@ def default_steps(token: Callable[..., str] | None = None) -> list[Step]:
              "8.8.8.8", source="127.0.0.2"),
         Step("health check (exempt), caller in Russia", "GET", "/healthz", "5.255.255.5"),
     ]  # fmt: skip
+
+
+def _token_summary(step: Step) -> str:
+    import jwt
+
+    token = (step.headers or {}).get("Authorization", "").removeprefix("Bearer ")
+    try:
+        claims = jwt.decode(token, options={"verify_signature": False})
+    except jwt.DecodeError:
+        return "malformed"
+    nationalities = claims.get("verified_claims", {}).get("claims", {}).get("nationalities", [])
+    return f"us_person={claims.get('us_person')}, nationalities={','.join(nationalities)}"
 
 
 def tour(config: str | None = None, out: TextIO = sys.stdout, steps: list[Step] | None = None) -> int:
@@ -207,7 +303,8 @@ def tour(config: str | None = None, out: TextIO = sys.stdout, steps: list[Step] 
             print(f"{n:>2}. {step.title}", file=out)
             via = f"  X-Forwarded-For: {step.forwarded_for}" if step.forwarded_for else ""
             body_text = f"  {json.dumps(step.body)}" if step.body else ""
-            print(f"    {step.method} {step.path}{body_text}{via}", file=out)
+            who = "  (token: " + _token_summary(step) + ")" if step.headers else ""
+            print(f"    {step.method} {step.path}{body_text}{via}{who}", file=out)
             print(f"    -> {status}  class {decision.get('export_class', '?')}  reasons: {reasons}\n", file=out)
     print("Keep it serving with `geofence demo` (http://127.0.0.1:8000) and try, for example:", file=out)
     for line in _curl_examples("127.0.0.1", 8000):

@@ -33,6 +33,8 @@ from .location import Location
 from .locator import Locator
 from .policy import Policy, load_policy, parse_policy
 from .responses import DenialResponse, ResponseConfig, denial_response
+from .routes import Route
+from .tokens import TokenVerifier, token_from_scope
 
 __all__ = ["GeofenceMiddleware", "IdentityResolver"]
 
@@ -51,15 +53,23 @@ STATE_KEY: Final = "geofence"
 POLICY_KEY: Final = "geofence.policy"
 _DECISION_CACHE_LIMIT: Final = 65_536
 _CLIENT_CACHE_LIMIT: Final = 16_384
+_FRONT_CACHE_LIMIT: Final = 16_384
 _INTERNAL_ERROR_CLASS: Final = "unknown"
 
 
 class _Where(NamedTuple):
-    """What the front cache keeps per (peer, forwarding header): the client's location or why there is none."""
+    """What is known per (peer, forwarding header): the client's location or why there is none."""
 
     location: Location | None
     problem: str | None
     exempt: str | None
+
+
+class _Front(NamedTuple):
+    """What the front cache keeps per (method, path, host, peer, forwarding header)."""
+
+    route: Route
+    where: _Where
 
 
 @dataclass
@@ -73,19 +83,22 @@ class _State:
     reads_forwarded: bool
     needs_host: bool
     responses: ResponseConfig
+    verifier: TokenVerifier | None
     signature: tuple[Any, ...] = ()
     decisions: dict[tuple[str, int, int, str | None], tuple[Any, Any, Decision]] = field(default_factory=dict)
     clients: dict[tuple[str | None, bytes | None], _Where] = field(default_factory=dict)
+    front: dict[tuple[str, str, str, str | None, bytes | None], _Front] = field(default_factory=dict)
 
 
 class GeofenceMiddleware:
     """Decide every request against an export-control policy; pass, or answer 451 / 401 / 503.
 
     *config* is a policy file path, a parsed :class:`Policy`, a dict in the policy file's shape, or None for
-    the bundled example policy. With a file, ``reload=True`` (the default for files) watches it and the
-    configured databases, and swaps in a validated new state without a restart; an invalid change is logged
-    and the running policy kept. *identity* resolves a verified identity for a request (e.g. from your
-    authentication middleware). *on_decision* is called with every denial and every report-mode would-be
+    the bundled example policy. With a file, ``reload=True`` (the default for files) watches it, the
+    configured databases and key files, and swaps in a validated new state without a restart; an invalid
+    change is logged and the running policy kept. Identity comes from signed tokens when the policy's
+    ``[identity]`` names a key source, or from *identity*, a resolver your app provides (which then takes
+    precedence). *on_decision* is called with every denial and every report-mode would-be
     denial, for audit. *deny_response* may return a custom :class:`DenialResponse` (or None for the default).
     """
 
@@ -148,6 +161,7 @@ class GeofenceMiddleware:
                 vary=("Accept", "Authorization", "Cookie", policy.proxy_header.title()),
                 hook=self._deny_hook,
             ),
+            verifier=TokenVerifier(policy.tokens) if policy.tokens is not None else None,
             signature=signature,
         )
 
@@ -156,6 +170,7 @@ class GeofenceMiddleware:
         paths = [self._path] if self._path is not None else []
         if policy is not None:
             paths += [Path(p) for p in policy.databases or ()]
+            paths += list(policy.tokens.key_files if policy.tokens is not None else ())
         signature: list[tuple[Any, ...]] = []
         for path in paths:
             try:
@@ -202,16 +217,32 @@ class GeofenceMiddleware:
             return
         state = self._state
         try:
-            route = state.policy.routes.classify(
-                scope["method"] if kind == "http" else "WEBSOCKET",
-                _header(scope, b"host") if state.needs_host else "",
-                scope["path"],
-            )
+            # One pass over the headers for the few this request needs, then one front-cache lookup that
+            # answers route and client location together when this client has asked for this path before.
+            forwarded = None
+            host = ""
+            if state.reads_forwarded or state.needs_host:
+                proxy_header = state.proxy_header
+                for name, value in scope["headers"]:
+                    if name == proxy_header and state.reads_forwarded:
+                        forwarded = value if forwarded is None else forwarded + b"," + value
+                    elif name == b"host":
+                        host = value.decode("latin-1")
+            client = scope.get("client")
+            method = scope["method"] if kind == "http" else "WEBSOCKET"
+            front_key = (method, scope["path"], host, client[0] if client else None, forwarded)
+            front = state.front.get(front_key)
+            if front is None:
+                front = self._front(state, scope, method, host, forwarded)
+                if len(state.front) >= _FRONT_CACHE_LIMIT:
+                    state.front.clear()
+                state.front[front_key] = front
+            route, where = front
             export_class = route.export_class
             if route.body is not None:
                 body, receive = await _buffer_body(scope, receive, route.body.candidates[0].max_body_bytes)
                 export_class = route.body.classify(body)[0]
-            decision = self._decide(state, scope, export_class, route.exempt)
+            decision = self._decide(state, scope, export_class, route.exempt or where.exempt, where)
         except Exception as exc:  # fail closed, and never show the client a traceback
             log.exception("geofence: could not decide %s %s", scope.get("method", "WEBSOCKET"), scope.get("path"))
             decision = error_decision(state.policy, _INTERNAL_ERROR_CLASS, f"internal error: {type(exc).__name__}")
@@ -234,27 +265,31 @@ class GeofenceMiddleware:
             return
         await _deny_websocket(scope, receive, send, response)
 
-    def _decide(self, state: _State, scope: Scope, export_class: str, exempt: str | None) -> Decision:
-        """Everything after classification; synchronous, and a few dictionary lookups when warm."""
+    def _front(self, state: _State, scope: Scope, method: str, host: str, forwarded: bytes | None) -> _Front:
+        """Route and client location for a (method, path, host, peer, forwarding header) not seen before."""
+        route = state.policy.routes.classify(method, host, scope["path"])
         client = scope.get("client")
-        peer = client[0] if client else None
-        forwarded = _header_list(scope, state.proxy_header) if state.reads_forwarded else None
-        front_key = (peer, forwarded)
-        where = state.clients.get(front_key)
+        where_key = (client[0] if client else None, forwarded)
+        where = state.clients.get(where_key)
         if where is None:
             where = self._locate(state, scope, forwarded)
             if len(state.clients) >= _CLIENT_CACHE_LIMIT:
                 state.clients.clear()
-            state.clients[front_key] = where
-        location, location_problem, exempt_network = where
+            state.clients[where_key] = where
+        return _Front(route, where)
+
+    def _decide(self, state: _State, scope: Scope, export_class: str, exempt: str | None, where: _Where) -> Decision:
+        """Identity, then the decision: one cached answer per (class, network, identity) object."""
+        location = where.location
         identity = identity_problem = None
         if self._identity is not None:
             identity, identity_problem = self._resolve_identity(scope)
-        exempt = exempt or exempt_network
+        elif state.verifier is not None:
+            identity, identity_problem = _token_identity(state.verifier, scope)
         if location is None or identity_problem is not None:
             return decide(
                 state.policy, export_class, location, identity,
-                identity_problem=identity_problem, location_problem=location_problem, exempt=exempt,
+                identity_problem=identity_problem, location_problem=where.problem, exempt=exempt,
             )  # fmt: skip
         cache_key = (export_class, id(location), id(identity), exempt)
         cached = state.decisions.get(cache_key)
@@ -303,20 +338,19 @@ class GeofenceMiddleware:
                 log.exception("geofence: on_decision hook failed")
 
 
+def _token_identity(verifier: TokenVerifier, scope: Scope) -> tuple[Identity | None, str | None]:
+    try:
+        token = token_from_scope(scope, verifier.config.source, verifier.config.max_token_bytes)
+        return (verifier.identity(token), None) if token is not None else (None, None)
+    except IdentityError as exc:
+        return None, str(exc)
+
+
 def _header(scope: Scope, name: bytes) -> str:
     for key, value in scope["headers"]:
         if key == name:
             return str(value.decode("latin-1"))
     return ""
-
-
-def _header_list(scope: Scope, name: bytes) -> bytes | None:
-    """Every line of header *name* joined with commas (RFC 9110 list semantics), or None when absent."""
-    found = None
-    for key, value in scope["headers"]:
-        if key == name:
-            found = value if found is None else found + b"," + value
-    return found
 
 
 async def _buffer_body(scope: Scope, receive: Receive, limit: int) -> tuple[bytes | None, Receive]:

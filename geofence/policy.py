@@ -26,6 +26,7 @@ from .identity import ClaimNames
 from .locator import DEFAULT_CACHE_SIZE, Locator
 from .resources import data_path
 from .routes import DEFAULT_MAX_BODY, RouteRule, RouteTable
+from .tokens import ASSURANCE_LEVELS, SUPPORTED_ALGORITHMS, TokenConfig
 
 __all__ = [
     "EXAMPLE_POLICY",
@@ -102,6 +103,8 @@ class Policy:
     proxy_header: str
     blocked_by: str | None
     claim_names: ClaimNames
+    tokens: TokenConfig | None
+    """How to verify identity tokens; None when the policy configures no key source."""
     reference: ReferenceData
     source: str
     version: str = field(default="")
@@ -233,12 +236,29 @@ _CLASS_KEYS: Final = (
 )
 _PERSON_KEYS: Final = ("allow_nationalities", "deny_nationalities", "rule", "check_us_persons")
 _ROUTE_KEYS: Final = ("path", "method", "host", "class", "json_field", "equals", "matches", "max_body_bytes")
-_IDENTITY_KEYS: Final = (
+_CLAIM_KEYS: Final = (
     "us_person_claim",
     "nationalities_claim",
     "residence_claim",
     "permanent_residence_claim",
     "most_recent_country_claim",
+)
+_TOKEN_KEYS: Final = (
+    "source",
+    "issuer",
+    "audience",
+    "algorithms",
+    "jwks_url",
+    "jwks_file",
+    "public_key_file",
+    "hmac_secret_env",
+    "leeway_seconds",
+    "required_claims",
+    "min_assurance",
+    "trust_frameworks",
+    "max_verification_age_days",
+    "max_token_bytes",
+    "jwks_refresh_seconds",
 )
 _METHODS: Final = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "CONNECT", "TRACE", "WEBSOCKET")
 
@@ -335,14 +355,15 @@ def parse_policy(data: Mapping[str, Any], *, source: str = "<policy>", base_dir:
     if blocked_by is not None and not re.fullmatch(r"[a-zA-Z][a-zA-Z0-9+.-]*:[^\s<>\"]+", blocked_by):
         check.error("response.blocked_by", f"{blocked_by!r} is not an absolute URI")
 
-    identity = check.table(top.get("identity"), "identity", _IDENTITY_KEYS)
+    identity = check.table(top.get("identity"), "identity", _CLAIM_KEYS + _TOKEN_KEYS)
     claim_names = ClaimNames(
         **{
             key.removesuffix("_claim"): value
-            for key in _IDENTITY_KEYS
+            for key in _CLAIM_KEYS
             if (value := check.string(identity.get(key), f"identity.{key}"))
         }
     )
+    tokens = _tokens(identity, claim_names, base_dir, check)
 
     for message in dict.fromkeys(errors):  # a bad group member is reported once, not once per use
         where, _, text = message.partition(": ")
@@ -363,10 +384,84 @@ def parse_policy(data: Mapping[str, Any], *, source: str = "<policy>", base_dir:
         proxy_header=header.lower(),
         blocked_by=blocked_by,
         claim_names=claim_names,
+        tokens=tokens,
         reference=reference,
         source=source,
     )
     return _with_version(policy)
+
+
+def _tokens(table: Mapping[str, Any], names: ClaimNames, base_dir: Path | None, check: _Checker) -> TokenConfig | None:
+    """The token half of ``[identity]``: None when no key source is configured (identity then comes from the app)."""
+    sources = [k for k in ("jwks_url", "jwks_file", "public_key_file") if k in table]
+    token_keys = [k for k in _TOKEN_KEYS if k in table]
+    if not token_keys:
+        return None
+    if len(sources) > 1:
+        check.error("identity", f"give one key source, not {' and '.join(sources)}")
+    algorithms = tuple(check.strings(table.get("algorithms", ["RS256", "ES256", "EdDSA"]), "identity.algorithms"))
+    for algorithm in algorithms:
+        if algorithm not in SUPPORTED_ALGORITHMS:
+            close = difflib.get_close_matches(algorithm, SUPPORTED_ALGORITHMS, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            check.error("identity.algorithms", f"{algorithm!r} is not a supported signature algorithm{hint}")
+    hmac = [a for a in algorithms if a.startswith("HS")]
+    secret_env = check.string(table.get("hmac_secret_env"), "identity.hmac_secret_env")
+    if hmac and secret_env is None:
+        check.error("identity.algorithms", f"{', '.join(hmac)} need hmac_secret_env (a secret, never a public key)")
+    if not sources and not (hmac and secret_env):
+        check.error("identity", "needs a key source: jwks_url, jwks_file or public_key_file")
+    issuer = check.string(table.get("issuer"), "identity.issuer")
+    if issuer is None:
+        check.error("identity.issuer", "required to verify tokens")
+    audience = tuple(check.strings(table.get("audience"), "identity.audience"))
+    if not audience:
+        check.error("identity.audience", "required to verify tokens")
+    source = check.string(table.get("source"), "identity.source") or "authorization"
+    if not (source == "authorization" or re.fullmatch(r"(header|cookie):[!#$%&'*+.^_`|~0-9A-Za-z-]+", source)):
+        check.error("identity.source", f"{source!r} is not 'authorization', 'header:<name>' or 'cookie:<name>'")
+    url = check.string(table.get("jwks_url"), "identity.jwks_url")
+    if url is not None and not re.fullmatch(r"https?://[^\s]+", url):
+        check.error("identity.jwks_url", f"{url!r} is not an http(s) URL")
+    level = check.string(table.get("min_assurance"), "identity.min_assurance")
+    if level is not None and not any(level in scale for scale in ASSURANCE_LEVELS):
+        known = ", ".join(lv for scale in ASSURANCE_LEVELS for lv in scale)
+        check.error("identity.min_assurance", f"{level!r} is not a known assurance level ({known})")
+
+    def path(key: str) -> Path | None:
+        value = check.string(table.get(key), f"identity.{key}")
+        if value is None:
+            return None
+        full = base_dir / value if base_dir and not Path(value).is_absolute() else Path(value)
+        if not full.is_file():
+            check.error(f"identity.{key}", f"{full}: no such file")
+        return full
+
+    required = tuple(check.strings(table.get("required_claims", ["exp", "iss", "aud"]), "identity.required_claims"))
+    if "exp" not in required:
+        check.error("identity.required_claims", "must include 'exp': a token without expiry is never accepted")
+    if check.problems or issuer is None:
+        return None
+    return TokenConfig(
+        issuer=issuer,
+        audience=audience,
+        algorithms=algorithms,
+        source=source.lower() if source == "authorization" else source,
+        jwks_url=url,
+        jwks_file=path("jwks_file"),
+        public_key_file=path("public_key_file"),
+        hmac_secret_env=secret_env,
+        leeway_seconds=check.integer(table.get("leeway_seconds"), "identity.leeway_seconds", 0) or 30,
+        required_claims=required,
+        min_assurance=level,
+        trust_frameworks=tuple(check.strings(table.get("trust_frameworks"), "identity.trust_frameworks")),
+        max_verification_age_days=check.integer(
+            table.get("max_verification_age_days"), "identity.max_verification_age_days"
+        ),
+        max_token_bytes=check.integer(table.get("max_token_bytes"), "identity.max_token_bytes") or 8192,
+        jwks_refresh_seconds=check.integer(table.get("jwks_refresh_seconds"), "identity.jwks_refresh_seconds") or 300,
+        claim_names=names,
+    )
 
 
 def _reference(file: str | None, base_dir: Path | None, check: _Checker) -> ReferenceData:
@@ -525,6 +620,7 @@ def _with_version(policy: Policy) -> Policy:
         "blocked_by": policy.blocked_by,
         "proxy_header": policy.proxy_header,
         "claim_names": plain(policy.claim_names),
+        "tokens": plain(policy.tokens),
     }
     digest = hashlib.sha256(json.dumps(effective, sort_keys=True, default=str).encode()).hexdigest()
     object.__setattr__(policy, "version", digest[:16])

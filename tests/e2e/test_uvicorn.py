@@ -116,6 +116,6 @@ def test_demo_tour() -> None:
     )
     assert result.returncode == 0, result.stderr
     statuses = [line.split()[1] for line in result.stdout.splitlines() if line.strip().startswith("->")]
-    assert statuses == ["200", "451", "200", "401", "451", "451", "451", "451", "200"]
+    assert statuses == ["200", "451", "200", "401", "200", "451", "451", "401", "451", "451", "451", "451", "200"]
     assert "untrusted peer 127.0.0.2" in result.stdout
     assert "curl -s http://127.0.0.1:8000/" in result.stdout
