@@ -12,6 +12,7 @@ Verified identities are cached by the SHA-256 of the token, never past its ``exp
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import logging
@@ -264,10 +265,7 @@ class TokenVerifier:
         config = self.config
         if len(token) > config.max_token_bytes:
             raise IdentityError(f"token larger than {config.max_token_bytes} bytes")
-        try:
-            header = jwt.get_unverified_header(token)
-        except jwt.DecodeError:
-            raise IdentityError("malformed token") from None
+        header = _header(token)
         algorithm = header.get("alg")
         if not isinstance(algorithm, str) or algorithm not in config.algorithms:
             raise IdentityError(f"token algorithm {str(algorithm)[:20]!r} is not allowed")
@@ -339,6 +337,23 @@ class TokenVerifier:
                     raise IdentityError("verification time missing or malformed")
                 if now - when > config.max_verification_age_days * 86400:
                     raise IdentityError(f"identity verified more than {config.max_verification_age_days} days ago")
+
+
+def _header(token: str) -> dict[str, Any]:
+    """The JOSE header, read only to pick the algorithm and key (PyJWT then verifies the whole token).
+
+    Parsed here rather than with ``jwt.get_unverified_header``, which decodes and validates every segment:
+    that doubled the cost of verifying a new token."""
+    segment, dot, _ = token.partition(".")
+    try:
+        if not dot or len(segment) > 2048:
+            raise ValueError
+        header = json.loads(base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4)))
+    except (ValueError, TypeError):
+        raise IdentityError("malformed token") from None
+    if not isinstance(header, dict):
+        raise IdentityError("malformed token")
+    return header
 
 
 def _at_least(level: Any, minimum: str) -> bool:

@@ -450,3 +450,47 @@ async def test_starlette_decorator(country_db: Path, anonymous_db: Path) -> None
     assert (await send(app, "GET", "/weights-by-code", peer="81.2.69.1")).status_code == 451
     ok = await send(app, "GET", "/weights-by-code", headers={"x-test-identity": "us"})
     assert ok.status_code == 200 and ok.json() == {"class": "EAR99"}
+
+
+# --- verified identity from tokens ------------------------------------------------------------------------
+
+
+async def test_tokens_through_the_middleware(tmp_path: Path, country_db: Path) -> None:
+    from .test_tokens import AUDIENCE, EC_KEY, ISSUER, RSA_KEY, jwk, token
+
+    jwks = tmp_path / "jwks.json"
+    jwks.write_text(json.dumps({"keys": [jwk(RSA_KEY, "rsa-1")]}))
+    path = tmp_path / "geofence.toml"
+    path.write_text(
+        f'[geoip]\ndatabases = ["{country_db}"]\n'
+        f'[identity]\nissuer = "{ISSUER}"\naudience = ["{AUDIENCE}"]\njwks_file = "{jwks}"\n'
+        '[classes.EAR99]\n[classes.C]\nallow_destinations = ["US"]\npersons = "us_only"\n'
+        '[[routes]]\npath = "/weights/**"\nclass = "C"\n'
+    )
+    middleware = GeofenceMiddleware(Recorder(), config=str(path), reload_interval=0.05)
+    try:
+        bearer = {"authorization": f"Bearer {token()}"}
+        assert (await send(middleware, "GET", "/weights/a", headers=bearer)).status_code == 200
+        german = {"authorization": f"Bearer {token(us_person=False, nationalities=['DEU'])}"}
+        no = await send(middleware, "GET", "/weights/a", headers=german)
+        assert no.status_code == 451 and no.json()["reasons"][0]["code"] == "not_us_person"
+        assert (await send(middleware, "GET", "/weights/a")).status_code == 401
+        twice = await send(middleware, "GET", "/weights/a", headers=[("authorization", bearer["authorization"])] * 2)
+        assert twice.status_code == 401 and "2 authorization headers" in twice.json()["reasons"][0]["detail"]
+        expired = {"authorization": f"Bearer {token(exp=int(time.time()) - 300)}"}
+        response = await send(middleware, "GET", "/weights/a", headers=expired)
+        assert response.status_code == 401 and response.json()["reasons"][0]["detail"] == "token expired"
+        assert 'error="invalid_token"' in response.headers["www-authenticate"]
+        # Signing-key rotation through the key file, without a restart.
+        rotated = {"authorization": f"Bearer {token(EC_KEY, 'ES256', 'ec-9')}"}
+        assert (await send(middleware, "GET", "/weights/a", headers=rotated)).status_code == 401
+        jwks.write_text(json.dumps({"keys": [jwk(RSA_KEY, "rsa-1"), jwk(EC_KEY, "ec-9")]}))
+        assert wait_for(
+            lambda: (
+                middleware._state.verifier is not None
+                and middleware._state.verifier._keys.find("ES256", "ec-9") is not None
+            )
+        )
+        assert (await send(middleware, "GET", "/weights/a", headers=rotated)).status_code == 200
+    finally:
+        middleware.close()
