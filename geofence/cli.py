@@ -23,10 +23,11 @@ from .addresses import parse_address
 from .databases import GeoDatabase, default_database_path, open_database
 from .decision import Decision, decide, error_decision
 from .errors import DatabaseError, GeofenceError
-from .identity import IdentityError, identity_from_claims
+from .identity import Identity, IdentityError, identity_from_claims
 from .location import Location
 from .locator import Locator
-from .policy import PolicyError, load_policy
+from .policy import Policy, PolicyError, load_policy
+from .tokens import TokenVerifier
 
 EXIT_OK = 0
 EXIT_DENIED = 1
@@ -105,7 +106,9 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--method", default="GET", help="request method for --path (default GET)")
     check.add_argument("--host", default="", help="request host for --path")
     check.add_argument("--body", help="request body (JSON text) for routes that classify by body")
-    check.add_argument("--claims", help="already-verified identity claims, as a JSON object")
+    who = check.add_mutually_exclusive_group()
+    who.add_argument("--claims", help="already-verified identity claims, as a JSON object")
+    who.add_argument("--token", help="an identity token, verified with the policy's [identity] settings")
     check.add_argument("--config", metavar="FILE", help="policy file (default: the bundled example policy)")
     check.add_argument("--json", action="store_true", help="print the decision as JSON")
     check.set_defaults(handler=_check)
@@ -328,6 +331,9 @@ def _check(args: argparse.Namespace) -> int:
             identity = identity_from_claims(claims, policy.claim_names)
         except IdentityError as exc:
             problem = f"identity claims rejected: {exc}"
+    elif args.token is not None:
+        identity, problem = _verify_token(policy, args.token)
+        trace.append(f"token: {'verified' if identity is not None else problem}")
     with policy.locator() as locator:
         try:
             location = locator.lookup_key(address.key)
@@ -342,6 +348,18 @@ def _check(args: argparse.Namespace) -> int:
     else:
         _print_decision(decision, request, trace, sys.stdout)
     return EXIT_OK if decision.allowed else EXIT_DENIED
+
+
+def _verify_token(policy: Policy, token: str) -> tuple[Identity | None, str | None]:
+    if policy.tokens is None:
+        raise GeofenceError("the policy configures no token verification ([identity] issuer, audience, key source)")
+    verifier = TokenVerifier(policy.tokens)
+    if not verifier.ready.wait(10):
+        raise GeofenceError(f"could not fetch signing keys from {policy.tokens.jwks_url}")
+    try:
+        return verifier.identity(token.strip()), None
+    except IdentityError as exc:
+        return None, str(exc)
 
 
 def _print_decision(decision: Decision, request: dict[str, Any], trace: list[str], out: TextIO) -> None:

@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any, TypeVar
 
 from .decision import Decision, decide, error_decision
-from .middleware import POLICY_KEY, STATE_KEY
+from .middleware import MIDDLEWARE_KEY, POLICY_KEY, STATE_KEY
 from .responses import ResponseConfig, denial_response
 
 __all__ = ["GeofenceDenied", "check_class", "install_handler", "require_class", "requires_class"]
@@ -40,10 +40,15 @@ def check_class(scope: MutableMapping[str, Any], export_class: str) -> Decision:
     if current.export_class == export_class:
         return current
     exempt = current.reasons[0].detail if current.reasons and current.reasons[0].code == "exempt" else None
+    identity = current.identity
     problem = next((r.detail for r in current.reasons if r.code == "identity_invalid"), None)
+    middleware = state.get(MIDDLEWARE_KEY)
+    if identity is None and problem is None and middleware is not None:
+        # The route's own class needed no identity, so the middleware did not read one: read it now.
+        identity, problem = middleware.identity_of(scope)
     location_problem = next((r.detail for r in current.reasons if r.code == "location_unknown"), None)
     return decide(
-        policy, export_class, current.location, current.identity,
+        policy, export_class, current.location, identity,
         identity_problem=problem, location_problem=location_problem, exempt=exempt,
     )  # fmt: skip
 

@@ -51,10 +51,15 @@ decisions_log = logging.getLogger("geofence.decision")
 
 STATE_KEY: Final = "geofence"
 POLICY_KEY: Final = "geofence.policy"
+MIDDLEWARE_KEY: Final = "geofence.middleware"
 _DECISION_CACHE_LIMIT: Final = 65_536
 _CLIENT_CACHE_LIMIT: Final = 16_384
 _FRONT_CACHE_LIMIT: Final = 16_384
 _INTERNAL_ERROR_CLASS: Final = "unknown"
+
+
+class _Refused(Exception):
+    """A request geofence will not classify (ambiguous); it is denied without a traceback in the log."""
 
 
 class _Where(NamedTuple):
@@ -84,6 +89,11 @@ class _State:
     needs_host: bool
     responses: ResponseConfig
     verifier: TokenVerifier | None
+    identity_classes: frozenset[str]
+    """Classes with a person rule: only their requests resolve an identity."""
+    restricted_classes: frozenset[str]
+    """Classes that deny someone: their allowed responses are marked private for shared caches."""
+    fallback_responses: ResponseConfig
     signature: tuple[Any, ...] = ()
     decisions: dict[tuple[str, int, int, str | None], tuple[Any, Any, Decision]] = field(default_factory=dict)
     clients: dict[tuple[str | None, bytes | None], _Where] = field(default_factory=dict)
@@ -149,6 +159,7 @@ class GeofenceMiddleware:
             policy = load_policy(self._path)
         signature = self._signature(policy)
         proxies = ProxyConfig.from_networks(policy.trusted_proxies, policy.proxy_header)
+        vary = ("Accept", "Authorization", "Cookie", policy.proxy_header.title())
         return _State(
             policy=policy,
             locator=policy.locator(),
@@ -156,12 +167,11 @@ class GeofenceMiddleware:
             proxy_header=policy.proxy_header.encode("latin-1"),
             reads_forwarded=bool(proxies.trusted or proxies.trust_unix),
             needs_host=any(rule.host for rule in policy.routes.rules),
-            responses=ResponseConfig(
-                blocked_by=policy.blocked_by,
-                vary=("Accept", "Authorization", "Cookie", policy.proxy_header.title()),
-                hook=self._deny_hook,
-            ),
+            responses=ResponseConfig(blocked_by=policy.blocked_by, vary=vary, hook=self._deny_hook),
             verifier=TokenVerifier(policy.tokens) if policy.tokens is not None else None,
+            identity_classes=frozenset(name for name, c in policy.classes.items() if c.persons.kind != "any"),
+            restricted_classes=frozenset(name for name, c in policy.classes.items() if c.restricted),
+            fallback_responses=ResponseConfig(blocked_by=policy.blocked_by, vary=vary),
             signature=signature,
         )
 
@@ -186,6 +196,9 @@ class GeofenceMiddleware:
             state = self._build()
         except GeofenceError as exc:
             log.error("geofence: keeping policy %s: the new configuration is invalid: %s", self.policy.version, exc)
+            return False
+        except Exception:  # never let a surprise kill the watcher: later valid edits must still apply
+            log.exception("geofence: keeping policy %s: could not load the new configuration", self.policy.version)
             return False
         old = self._state
         self._state = state  # one reference assignment: requests see the old state or the new, never a mix
@@ -227,6 +240,8 @@ class GeofenceMiddleware:
                     if name == proxy_header and state.reads_forwarded:
                         forwarded = value if forwarded is None else forwarded + b"," + value
                     elif name == b"host":
+                        if host:  # servers and frameworks disagree on which copy wins: refuse to guess
+                            raise _Refused("the request has more than one Host header")
                         host = value.decode("latin-1")
             client = scope.get("client")
             method = scope["method"] if kind == "http" else "WEBSOCKET"
@@ -238,11 +253,12 @@ class GeofenceMiddleware:
                     state.front.clear()
                 state.front[front_key] = front
             route, where = front
-            export_class = route.export_class
-            if route.body is not None:
-                body, receive = await _buffer_body(scope, receive, route.body.candidates[0].max_body_bytes)
-                export_class = route.body.classify(body)[0]
-            decision = self._decide(state, scope, export_class, route.exempt or where.exempt, where)
+            if route.body is None and route.also is None:
+                decision = self._decide(state, scope, route.export_class, route.exempt or where.exempt, where)
+            else:
+                decision, receive = await self._decide_slow(state, scope, receive, route, where)
+        except _Refused as exc:
+            decision = error_decision(state.policy, _INTERNAL_ERROR_CLASS, str(exc))
         except Exception as exc:  # fail closed, and never show the client a traceback
             log.exception("geofence: could not decide %s %s", scope.get("method", "WEBSOCKET"), scope.get("path"))
             decision = error_decision(state.policy, _INTERNAL_ERROR_CLASS, f"internal error: {type(exc).__name__}")
@@ -251,19 +267,45 @@ class GeofenceMiddleware:
             scope_state = scope["state"] = {}
         scope_state[STATE_KEY] = decision
         scope_state[POLICY_KEY] = state.policy
+        scope_state[MIDDLEWARE_KEY] = self
         if decision.allowed:
             if decision.reasons and decision.would_deny:
                 self._record("would_deny", decision, scope)
+            if kind == "http" and decision.export_class in state.restricted_classes and not decision.reasons:
+                send = _private_responses(send)
             await self.app(scope, receive, send)
             return
         self._record("deny", decision, scope)
-        response = denial_response(decision, state.responses, _header(scope, b"accept"), scope)
+        try:
+            response = denial_response(decision, state.responses, _header(scope, b"accept"), scope)
+        except Exception:
+            log.exception("geofence: deny_response hook failed; sending the standard denial")
+            response = denial_response(decision, state.fallback_responses, _header(scope, b"accept"))
         if kind == "http":
             await send({"type": "http.response.start", "status": response.status, "headers": list(response.headers)})
             body = b"" if scope.get("method") == "HEAD" else response.body
             await send({"type": "http.response.body", "body": body})
             return
         await _deny_websocket(scope, receive, send, response)
+
+    async def _decide_slow(
+        self, state: _State, scope: Scope, receive: Receive, route: Route, where: _Where
+    ) -> tuple[Decision, Receive]:
+        """Routes that need the body, or whose path has another spelling the app might route: every
+        classification must allow the request."""
+        routes = [route] if route.also is None else [route, route.also]
+        body = None
+        limits = [r.body.candidates[0].max_body_bytes for r in routes if r.body is not None]
+        if limits:
+            body, receive = await _buffer_body(scope, receive, max(limits))
+        decision = None
+        for candidate in routes:
+            export_class = candidate.body.classify(body)[0] if candidate.body is not None else candidate.export_class
+            found = self._decide(state, scope, export_class, candidate.exempt or where.exempt, where)
+            if decision is None or (decision.allowed and not found.allowed):
+                decision = found
+        assert decision is not None
+        return decision, receive
 
     def _front(self, state: _State, scope: Scope, method: str, host: str, forwarded: bytes | None) -> _Front:
         """Route and client location for a (method, path, host, peer, forwarding header) not seen before."""
@@ -282,10 +324,8 @@ class GeofenceMiddleware:
         """Identity, then the decision: one cached answer per (class, network, identity) object."""
         location = where.location
         identity = identity_problem = None
-        if self._identity is not None:
-            identity, identity_problem = self._resolve_identity(scope)
-        elif state.verifier is not None:
-            identity, identity_problem = _token_identity(state.verifier, scope)
+        if export_class in state.identity_classes:  # only classes with a person rule pay for identity
+            identity, identity_problem = self._identity_of(state, scope)
         if location is None or identity_problem is not None:
             return decide(
                 state.policy, export_class, location, identity,
@@ -309,13 +349,20 @@ class GeofenceMiddleware:
             return _Where(None, f"client address unknown: {client.problem}", None)
         return _Where(state.locator.lookup_key(client.key), None, state.policy.exempt_network(client.key))
 
-    def _resolve_identity(self, scope: Scope) -> tuple[Identity | None, str | None]:
-        if self._identity is None:
-            return None, None
+    def identity_of(self, scope: Scope) -> tuple[Identity | None, str | None]:
+        """The verified identity of a request (or why it was rejected): from the app's resolver, else tokens."""
+        return self._identity_of(self._state, scope)
+
+    def _identity_of(self, state: _State, scope: Scope) -> tuple[Identity | None, str | None]:
         try:
-            return self._identity(scope), None
+            if self._identity is not None:
+                return self._identity(scope), None
+            if state.verifier is not None:
+                token = token_from_scope(scope, state.verifier.config.source, state.verifier.config.max_token_bytes)
+                return (state.verifier.identity(token), None) if token is not None else (None, None)
         except IdentityError as exc:
             return None, str(exc)
+        return None, None
 
     def _record(self, outcome: str, decision: Decision, scope: Scope) -> None:
         for reason in decision.reasons:
@@ -338,12 +385,23 @@ class GeofenceMiddleware:
                 log.exception("geofence: on_decision hook failed")
 
 
-def _token_identity(verifier: TokenVerifier, scope: Scope) -> tuple[Identity | None, str | None]:
-    try:
-        token = token_from_scope(scope, verifier.config.source, verifier.config.max_token_bytes)
-        return (verifier.identity(token), None) if token is not None else (None, None)
-    except IdentityError as exc:
-        return None, str(exc)
+def _private_responses(send: Send) -> Send:
+    """Mark the app's response ``Cache-Control: private``: it was decided for this caller, so a shared cache
+    (a CDN in front of the app) must not replay it to someone the policy would refuse."""
+
+    async def wrapped(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            headers = list(message.get("headers", ()))
+            given = [v.decode("latin-1") for k, v in headers if k.lower() == b"cache-control"]
+            directives = [d.strip() for v in given for d in v.split(",") if d.strip()]
+            if not any(d.lower() in ("private", "no-store") for d in directives):
+                kept = [d for d in directives if not d.lower().startswith(("public", "s-maxage"))]
+                value = ", ".join(["private", *kept]).encode("latin-1")
+                headers = [(k, v) for k, v in headers if k.lower() != b"cache-control"] + [(b"cache-control", value)]
+                message = {**message, "headers": headers}
+        await send(message)
+
+    return wrapped
 
 
 def _header(scope: Scope, name: bytes) -> str:

@@ -75,6 +75,8 @@ class PersonRule:
 
 @dataclass(frozen=True, slots=True)
 class ClassPolicy:
+    """One export class, compiled: flat destination sets and the person rule."""
+
     name: str
     description: str
     allow: frozenset[str] | None
@@ -84,6 +86,17 @@ class ClassPolicy:
     unknown_location: str  # "deny" | "allow"
     represented_country: str  # "check" | "ignore"
     mode: str
+
+    @property
+    def restricted(self) -> bool:
+        """False for a class that allows everyone everywhere (it can deny nobody)."""
+        return bool(
+            self.allow is not None
+            or self.deny
+            or self.persons.kind != "any"
+            or self.anonymizers == "deny"
+            or self.unknown_location == "deny"
+        )
 
 
 @dataclass(frozen=True)
@@ -187,6 +200,11 @@ class _Checker:
             except ValueError as exc:
                 self.error(f"{path}[{i}]", str(exc))
         return out
+
+
+def _keys_of(value: Any) -> tuple[str, ...]:
+    """Every key of a table (all valid): for tables whose keys the operator names (groups, classes)."""
+    return tuple(value) if isinstance(value, dict) else ()
 
 
 def _kind(value: Any) -> str:
@@ -309,7 +327,7 @@ def parse_policy(data: Mapping[str, Any], *, source: str = "<policy>", base_dir:
     reference = _reference(reference_file, base_dir, check)
 
     groups: dict[str, Any] = dict(reference.groups)
-    operator_groups = check.table(top.get("groups"), "groups", tuple(top.get("groups") or ()))
+    operator_groups = check.table(top.get("groups"), "groups", _keys_of(top.get("groups")))
     for name, members in operator_groups.items():
         if len(name) == 2 and name.isalpha():
             check.error(f"groups.{name}", "a group name must not look like a country code")
@@ -323,7 +341,7 @@ def parse_policy(data: Mapping[str, Any], *, source: str = "<policy>", base_dir:
     classes: dict[str, ClassPolicy] = {}
     defaults = check.table(top.get("defaults"), "defaults", ("mode", "class"))
     default_mode = check.string(defaults.get("mode"), "defaults.mode", MODES) or "enforce"
-    for name, raw in check.table(classes_raw, "classes", tuple(classes_raw or ())).items():
+    for name, raw in check.table(classes_raw, "classes", _keys_of(classes_raw)).items():
         compiled = _class(name, raw, default_mode, resolver, check, errors)
         if compiled is not None:
             classes[name] = compiled
@@ -417,12 +435,14 @@ def _tokens(table: Mapping[str, Any], names: ClaimNames, base_dir: Path | None, 
     audience = tuple(check.strings(table.get("audience"), "identity.audience"))
     if not audience:
         check.error("identity.audience", "required to verify tokens")
-    source = check.string(table.get("source"), "identity.source") or "authorization"
+    source = (check.string(table.get("source"), "identity.source") or "authorization").lower()
     if not (source == "authorization" or re.fullmatch(r"(header|cookie):[!#$%&'*+.^_`|~0-9A-Za-z-]+", source)):
         check.error("identity.source", f"{source!r} is not 'authorization', 'header:<name>' or 'cookie:<name>'")
     url = check.string(table.get("jwks_url"), "identity.jwks_url")
-    if url is not None and not re.fullmatch(r"https?://[^\s]+", url):
-        check.error("identity.jwks_url", f"{url!r} is not an http(s) URL")
+    if url is not None and not re.fullmatch(
+        r"https://[^\s]+|http://(127\.0\.0\.1|localhost|\[::1\])(:\d+)?/[^\s]*", url
+    ):
+        check.error("identity.jwks_url", f"{url!r} must be https:// (plain http only on loopback): keys are trust")
     level = check.string(table.get("min_assurance"), "identity.min_assurance")
     if level is not None and not any(level in scale for scale in ASSURANCE_LEVELS):
         known = ", ".join(lv for scale in ASSURANCE_LEVELS for lv in scale)
@@ -446,12 +466,12 @@ def _tokens(table: Mapping[str, Any], names: ClaimNames, base_dir: Path | None, 
         issuer=issuer,
         audience=audience,
         algorithms=algorithms,
-        source=source.lower() if source == "authorization" else source,
+        source=source,
         jwks_url=url,
         jwks_file=path("jwks_file"),
         public_key_file=path("public_key_file"),
         hmac_secret_env=secret_env,
-        leeway_seconds=check.integer(table.get("leeway_seconds"), "identity.leeway_seconds", 0) or 30,
+        leeway_seconds=_default(check.integer(table.get("leeway_seconds"), "identity.leeway_seconds", 0), 30),
         required_claims=required,
         min_assurance=level,
         trust_frameworks=tuple(check.strings(table.get("trust_frameworks"), "identity.trust_frameworks")),
@@ -462,6 +482,10 @@ def _tokens(table: Mapping[str, Any], names: ClaimNames, base_dir: Path | None, 
         jwks_refresh_seconds=check.integer(table.get("jwks_refresh_seconds"), "identity.jwks_refresh_seconds") or 300,
         claim_names=names,
     )
+
+
+def _default(value: int | None, default: int) -> int:
+    return default if value is None else value
 
 
 def _reference(file: str | None, base_dir: Path | None, check: _Checker) -> ReferenceData:
@@ -567,6 +591,8 @@ def _route(i: int, raw: Any, classes: Mapping[str, ClassPolicy], check: _Checker
     else:
         _known_class(export_class, f"{path}.class", classes, check)
     methods = tuple(m.upper() for m in check.strings(table.get("method"), f"{path}.method"))
+    if "GET" in methods and "HEAD" not in methods:
+        methods += ("HEAD",)  # frameworks answer HEAD with the GET handler
     for m in methods:
         if m not in _METHODS:
             check.error(f"{path}.method", f"{m!r} is not an HTTP method (or WEBSOCKET)")

@@ -14,7 +14,7 @@ from collections.abc import Callable, MutableMapping
 from dataclasses import dataclass
 from typing import Any, Final
 
-from .decision import ERROR, IDENTITY_INVALID, Decision
+from .decision import ERROR, IDENTITY_INVALID, LOCATION_UNKNOWN, Decision
 
 __all__ = ["DenialResponse", "ResponseConfig", "denial_response"]
 
@@ -29,6 +29,12 @@ _DETAILS: Final = {
     503: "The request could not be evaluated against export-control rules; it was refused to be safe. Try again later.",
 }
 _TYPES: Final = {451: "legal-block", 401: "identity-required", 503: "not-evaluated"}
+# Reasons whose detail describes the deployment (proxies, headers, databases) get a generic public wording;
+# the specifics go to the log and the audit hook.
+_PUBLIC_DETAILS: Final = {
+    ERROR: "the request could not be evaluated",
+    LOCATION_UNKNOWN: "the location of the request could not be established",
+}
 
 
 @dataclass(frozen=True)
@@ -84,10 +90,7 @@ def denial_response(
         if custom is not None:
             return custom
     status = decision.status if decision.status in _TITLES else 451
-    reasons = [
-        {"code": r.code, "detail": "the request could not be evaluated" if r.code == ERROR else r.detail}
-        for r in decision.reasons
-    ]
+    reasons = [{"code": r.code, "detail": _PUBLIC_DETAILS.get(r.code, r.detail)} for r in decision.reasons]
     problem = {
         "type": config.problem_type_base + _TYPES[status],
         "title": _TITLES[status],

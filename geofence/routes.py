@@ -110,13 +110,16 @@ class Route(NamedTuple):
 
     ``body`` is set when the class depends on the body: finish with ``body.classify(...)``; until then
     ``export_class`` is the first body rule's own class (the fail-closed answer). ``exempt`` names the
-    ``[exempt] paths`` entry that matched, if any.
+    ``[exempt] paths`` entry that matched, if any. ``also`` is the classification of the path's normalised
+    spelling when it differs (``//``, ``.`` or ``..`` segments): the app may route either spelling, so the
+    request must pass both.
     """
 
     export_class: str
     rule: RouteRule | None
     body: BodyRule | None
     exempt: str | None
+    also: Route | None = None
 
     def describe(self) -> str:
         return self.rule.describe() if self.rule else "no route matches: default class"
@@ -165,11 +168,13 @@ class RouteTable:
         self.default_class = default_class
         sources = [_rule_regex(rule) for rule in self._rules]
         # One alternation, in rule order: the regex engine returns the first alternative that matches.
-        self._pattern = re.compile("|".join(f"(?P<r{i}>{src})" for i, src in enumerate(sources))) if sources else None
-        self._singles = tuple(re.compile(src) for src in sources)
+        # DOTALL: a path may carry a newline (%0A); `.` must match it, or "/x/**" would miss "/x/y%0A".
+        alternation = "|".join(f"(?P<r{i}>{src})" for i, src in enumerate(sources))
+        self._pattern = re.compile(alternation, re.DOTALL) if sources else None
+        self._singles = tuple(re.compile(src, re.DOTALL) for src in sources)
         self._exempt_globs = tuple(exempt_paths)
         self._exempt = (
-            re.compile("|".join(f"(?P<e{i}>{compile_glob(g)})" for i, g in enumerate(exempt_paths)))
+            re.compile("|".join(f"(?P<e{i}>{compile_glob(g)})" for i, g in enumerate(exempt_paths)), re.DOTALL)
             if exempt_paths
             else None
         )
@@ -188,7 +193,15 @@ class RouteTable:
         key = (method, host, path)
         found = self._memo.get(key)
         if found is None:
-            found = self._classify(method.upper(), host.lower().partition(":")[0], normalise_path(path))
+            method, host = method.upper(), host.lower().partition(":")[0]
+            found = self._classify(method, host, path)
+            normal = normalise_path(path)
+            if normal != path:
+                other = self._classify(method, host, normal)
+                if other.exempt is None:
+                    found = found._replace(exempt=None)  # exempt only when every spelling is exempt
+                if other[:3] != found[:3]:
+                    found = found._replace(also=other._replace(exempt=None))
             if len(self._memo) >= _MEMO_LIMIT:
                 self._memo.clear()
             self._memo[key] = found

@@ -304,12 +304,14 @@ class TokenVerifier:
             raise IdentityError(f"token lacks required claim {exc.claim!r}") from None
         except jwt.InvalidSignatureError:
             raise IdentityError("token signature invalid") from None
-        except (jwt.InvalidTokenError, jwt.InvalidKeyError, ValueError, TypeError) as exc:
-            raise IdentityError(f"token rejected: {type(exc).__name__}") from None
+        except (jwt.InvalidTokenError, jwt.InvalidKeyError, ValueError, TypeError, RecursionError):
+            raise IdentityError("token rejected") from None
         self._check_assurance(claims, now)
         identity = identity_from_claims(claims, config.claim_names)
-        exp = claims.get("exp")
-        expires = float(exp) if isinstance(exp, int | float) else now + 300
+        try:
+            expires = float(claims["exp"])  # PyJWT accepts a numeric string too; the cache must honour it
+        except (KeyError, TypeError, ValueError):
+            expires = now  # no readable expiry: verified now, never cached
         return identity, expires
 
     def _check_assurance(self, claims: Mapping[str, Any], now: float) -> None:
@@ -349,7 +351,7 @@ def _header(token: str) -> dict[str, Any]:
         if not dot or len(segment) > 2048:
             raise ValueError
         header = json.loads(base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4)))
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, RecursionError):
         raise IdentityError("malformed token") from None
     if not isinstance(header, dict):
         raise IdentityError("malformed token")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,22 @@ SHARED = Path(os.environ.get("GEOFENCE_SHARED", ROOT.parent / "shared"))
 MAXMIND_TESTDATA = SHARED / "testdata" / "maxmind"
 
 WriteDb = Callable[..., Path]
+
+# The keys of Location.as_dict() that `geofence lookup --json` promises.
+LOCATION_KEYS = frozenset(
+    {"country", "registered_country", "represented_country", "subdivisions", "network", "anonymizer",
+     "geolocatable", "reason", "databases"}
+)  # fmt: skip
+
+
+def wait_until(predicate: Callable[[], object], timeout: float = 5.0) -> bool:
+    """Poll *predicate* until it is true (for background threads: reloads, key refreshes)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.02)
+    return False
 
 
 def write_mmdb(

@@ -10,20 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import MAXMIND_TESTDATA, ROOT
+from .conftest import LOCATION_KEYS, MAXMIND_TESTDATA, ROOT
 
-LOOKUP_KEYS = {
-    "ip",
-    "country",
-    "registered_country",
-    "represented_country",
-    "subdivisions",
-    "network",
-    "anonymizer",
-    "geolocatable",
-    "reason",
-    "databases",
-}
+LOOKUP_KEYS = LOCATION_KEYS | {"ip"}
 
 
 def geofence(*args: str, stdin: str | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:

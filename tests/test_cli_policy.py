@@ -215,3 +215,22 @@ def test_validate_missing_database(tmp_path: Path, write_db: WriteDb) -> None:
     result = geofence("policy", "validate", str(path))
     assert result.returncode == 2
     assert "geoip.databases[1]:" in result.stderr and "no such database file" in result.stderr
+
+
+def test_check_with_a_token(tmp_path: Path, country_db: Path) -> None:
+    from .test_tokens import AUDIENCE, ISSUER, RSA_KEY, jwk, token
+
+    jwks = tmp_path / "jwks.json"
+    jwks.write_text(json.dumps({"keys": [jwk(RSA_KEY, "rsa-1")]}))
+    path = tmp_path / "p.toml"
+    path.write_text(
+        f'[geoip]\ndatabases = ["{country_db}"]\n[identity]\nissuer = "{ISSUER}"\naudience = ["{AUDIENCE}"]\n'
+        f'jwks_file = "{jwks}"\n[classes.EAR99]\n[classes.C]\npersons = "us_only"\n'
+    )
+    code, decision = run_json("--ip", "8.8.8.8", "--class", "C", "--token", token(), "--config", str(path))
+    assert (code, decision["allowed"]) == (0, True)
+    assert decision["facts"]["identity"]["us_person"] is True
+    code, decision = run_json("--ip", "8.8.8.8", "--class", "C", "--token", token(aud="x"), "--config", str(path))
+    assert (code, decision["status"], decision["reasons"][0]["detail"]) == (1, 401, "token audience not accepted")
+    result = geofence("check", "--ip", "8.8.8.8", "--class", "EAR99", "--token", token())
+    assert_one_line_error(result, "configures no token verification")

@@ -12,7 +12,7 @@ import pytest
 from geofence import Anonymizer, DatabaseError, InvalidAddressError, Location, Locator
 from geofence.databases import default_database_path, open_database
 
-from .conftest import WriteDb, country
+from .conftest import LOCATION_KEYS, WriteDb, country
 
 
 def test_country_database(country_db: Path) -> None:
@@ -188,17 +188,7 @@ def test_flat_ipv4_only_database(flat_db: Path) -> None:
 def test_location_as_dict_contract(city_db: Path, anonymous_db: Path) -> None:
     with Locator([city_db, anonymous_db]) as locator:
         data = locator.lookup("91.207.57.1").as_dict()
-    assert set(data) >= {
-        "country",
-        "registered_country",
-        "represented_country",
-        "subdivisions",
-        "network",
-        "anonymizer",
-        "geolocatable",
-        "reason",
-        "databases",
-    }
+    assert set(data) >= LOCATION_KEYS
     assert data["subdivisions"] == ["UA-43"]
     assert data["anonymizer"] == {
         "vpn": False,

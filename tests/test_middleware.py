@@ -17,6 +17,8 @@ from geofence.identity import IdentityError
 from geofence.middleware import GeofenceMiddleware
 from geofence.responses import DenialResponse
 
+from .conftest import wait_until
+
 pytestmark = pytest.mark.anyio
 
 
@@ -165,18 +167,52 @@ async def test_forwarded_for_is_read_only_from_trusted_proxies(app: Any) -> None
     assert spoof.status_code == 451
 
 
-async def test_malformed_header_from_trusted_proxy_fails_closed(app: Any) -> None:
-    middleware, _ = app
-    response = await send(
-        middleware,
-        "GET",
-        "/weights/x",
-        peer="10.1.1.1",
-        headers={"x-forwarded-for": "8.8.8.8:junk", "x-test-identity": "us"},
+async def test_malformed_header_from_trusted_proxy_fails_closed(country_db: Path, anonymous_db: Path) -> None:
+    seen: list[Decision] = []
+    middleware = GeofenceMiddleware(
+        Recorder(), config=policy(country_db, anonymous_db), identity=us_person, on_decision=lambda d, s: seen.append(d)
     )
+    headers = {"x-forwarded-for": "8.8.8.8:junk", "x-test-identity": "us"}
+    response = await send(middleware, "GET", "/weights/x", peer="10.1.1.1", headers=headers)
     assert response.status_code == 451
-    reason = response.json()["reasons"][0]
-    assert reason["code"] == "location_unknown" and "malformed x-forwarded-for" in reason["detail"]
+    # The caller learns only that its location is unknown; the audit record says why.
+    assert response.json()["reasons"][0] == {
+        "code": "location_unknown",
+        "detail": "the location of the request could not be established",
+    }
+    assert "malformed x-forwarded-for" in seen[0].reasons[0].detail
+
+
+async def test_paths_that_spell_a_controlled_route_differently_are_controlled(app: Any) -> None:
+    middleware, recorder = app
+    for path in ("/weights/a\n", "/x/../weights/a", "//weights/a", "/healthz/../weights/a"):
+        sent = await run_asgi(middleware, http_scope(path), [{"type": "http.request", "body": b""}])
+        assert sent[0]["status"] == 401, path
+    assert recorder.calls == []
+
+
+async def test_multiple_host_headers_are_refused(country_db: Path, anonymous_db: Path) -> None:
+    config = policy(country_db, anonymous_db)
+    config["routes"].insert(0, {"host": "weights.example.com", "path": "/**", "class": "4E091"})
+    middleware = GeofenceMiddleware(Recorder(), config=config)
+    headers = [(b"host", b"weights.example.com"), (b"host", b"x.test")]
+    sent = await run_asgi(middleware, http_scope("/a", headers=headers), [{"type": "http.request", "body": b""}])
+    assert sent[0]["status"] == 503
+
+
+async def test_allowed_responses_are_private_to_shared_caches(app: Any) -> None:
+    middleware, _ = app
+    response = await send(middleware, "GET", "/weights/a", headers={"x-test-identity": "us"})
+    assert response.status_code == 200 and response.headers["cache-control"] == "private"
+
+
+async def test_a_failing_deny_hook_falls_back_to_the_standard_denial(country_db: Path, anonymous_db: Path) -> None:
+    def broken(decision: Decision, scope: dict[str, Any]) -> DenialResponse:
+        raise KeyError("oops")
+
+    middleware = GeofenceMiddleware(Recorder(), config=policy(country_db, anonymous_db), deny_response=broken)
+    response = await send(middleware, "GET", "/x", peer="5.8.1.1")
+    assert response.status_code == 451 and response.json()["status"] == 451
 
 
 async def test_body_classification_replays_the_body_unchanged(app: Any) -> None:
@@ -257,8 +293,9 @@ async def test_internal_error_fails_closed(app: Any) -> None:
         raise RuntimeError("boom /secret/path")
 
     middleware._identity = explode
-    response = await send(middleware, "GET", "/x")
-    assert response.status_code == 503 and recorder.calls == []
+    assert (await send(middleware, "GET", "/x")).status_code == 200  # EAR99 needs no identity: not consulted
+    response = await send(middleware, "GET", "/weights/a")
+    assert response.status_code == 503 and len(recorder.calls) == 1
     assert "boom" not in response.text and "secret" not in response.text
 
 
@@ -350,15 +387,6 @@ def write_policy(path: Path, country_db: Path, deny: list[str]) -> None:
     path.write_text(f'[geoip]\ndatabases = ["{country_db}"]\n[classes.EAR99]\ndeny_destinations = {json.dumps(deny)}\n')
 
 
-def wait_for(predicate: Any, timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return False
-
-
 async def test_policy_reload_swaps_valid_changes_and_keeps_the_old_on_errors(
     tmp_path: Path, country_db: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -369,12 +397,12 @@ async def test_policy_reload_swaps_valid_changes_and_keeps_the_old_on_errors(
         first = middleware.policy.version
         assert (await send(middleware, "GET", "/x", peer="8.8.8.8")).status_code == 200
         write_policy(path, country_db, ["RU", "US"])
-        assert wait_for(lambda: middleware.policy.version != first)
+        assert wait_until(lambda: middleware.policy.version != first)
         assert (await send(middleware, "GET", "/x", peer="8.8.8.8")).status_code == 451
         second = middleware.policy.version
         with caplog.at_level(logging.ERROR, logger="geofence"):
             path.write_text('[classes.EAR99]\ndeny_destinations = ["Narnia"]\n')
-            assert wait_for(lambda: any("keeping policy" in r.message for r in caplog.records))
+            assert wait_until(lambda: any("keeping policy" in r.message for r in caplog.records))
         assert middleware.policy.version == second
         assert (await send(middleware, "GET", "/x", peer="8.8.8.8")).status_code == 451
         # Touching the file without changing what it means keeps the version.
@@ -396,7 +424,7 @@ async def test_database_file_replacement_is_picked_up(tmp_path: Path, write_db: 
         assert (await send(middleware, "GET", "/x", peer="8.8.8.8")).status_code == 200
         new = write_db("next.mmdb", "GeoIP2-Country", {"8.8.8.0/24": {"country": country("CU")}})
         new.replace(db)
-        assert wait_for(lambda: middleware._state.locator.lookup("8.8.8.8").country == "CU")
+        assert wait_until(lambda: middleware._state.locator.lookup("8.8.8.8").country == "CU")
         assert (await send(middleware, "GET", "/x", peer="8.8.8.8")).status_code == 451
     finally:
         middleware.close()
@@ -485,7 +513,7 @@ async def test_tokens_through_the_middleware(tmp_path: Path, country_db: Path) -
         rotated = {"authorization": f"Bearer {token(EC_KEY, 'ES256', 'ec-9')}"}
         assert (await send(middleware, "GET", "/weights/a", headers=rotated)).status_code == 401
         jwks.write_text(json.dumps({"keys": [jwk(RSA_KEY, "rsa-1"), jwk(EC_KEY, "ec-9")]}))
-        assert wait_for(
+        assert wait_until(
             lambda: (
                 middleware._state.verifier is not None
                 and middleware._state.verifier._keys.find("ES256", "ec-9") is not None

@@ -237,3 +237,14 @@ def test_response_and_proxy_sections() -> None:
     found = problems({**MINIMAL, "response": {"blocked_by": "not a uri"}, "proxies": {"header": "bad header"}})
     assert "response.blocked_by: 'not a uri' is not an absolute URI" in found
     assert "proxies.header: 'bad header' is not an HTTP header name" in found
+
+
+@pytest.mark.parametrize("key", ["groups", "classes", "routes", "exempt", "identity", "geoip"])
+def test_wrong_section_types_are_problems_not_crashes(key: str) -> None:
+    found = problems({**MINIMAL, key: 5} if key != "classes" else {"classes": 5})
+    assert found and all("Traceback" not in p for p in found)
+
+
+def test_get_rules_cover_head() -> None:
+    policy = parse_policy({**MINIMAL, "routes": [{"method": "GET", "path": "/w", "class": "EAR99"}]})
+    assert policy.routes.rules[0].methods == ("GET", "HEAD")

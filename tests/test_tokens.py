@@ -21,6 +21,8 @@ from geofence.identity import IdentityError
 from geofence.policy import PolicyError, parse_policy
 from geofence.tokens import TokenConfig, TokenVerifier, token_from_scope
 
+from .conftest import wait_until
+
 ISSUER = "https://idp.example.com"
 AUDIENCE = "geofence-test"
 
@@ -298,15 +300,6 @@ def url_verifier(url: str, min_refresh: int = 30) -> TokenVerifier:
     return verifier
 
 
-def wait_until(predicate: Any, timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return False
-
-
 def test_jwks_url_and_key_rotation_without_restart(jwks_server: JWKSServer) -> None:
     verifier = url_verifier(jwks_server.url, min_refresh=0)
     assert verifier.identity(token()).us_person
@@ -380,3 +373,34 @@ def test_identity_section_is_validated(jwks_file: Path) -> None:
     assert any("'header:x y'" in p for p in identity_problems({**base, "source": "header:x y"}))
     assert any("did you mean 'RS256'" in p for p in identity_problems({**base, "algorithms": ["RS265"]}))
     assert any("no such file" in p for p in identity_problems({**base, "jwks_file": "/nonexistent/jwks.json"}))
+
+
+def test_numeric_string_exp_is_honoured_by_the_cache(jwks_file: Path) -> None:
+    verifier = TokenVerifier(TokenConfig(issuer=ISSUER, audience=(AUDIENCE,), jwks_file=jwks_file, leeway_seconds=0))
+    short = token(exp=str(int(time.time()) + 1))
+    assert verifier.identity(short).us_person
+    time.sleep(1.6)
+    with pytest.raises(IdentityError, match="expired"):
+        verifier.identity(short)
+
+
+def test_deeply_nested_junk_header_is_malformed(verifier: TokenVerifier) -> None:
+    header = b64(b"[" * 1500)  # under the size limit, deeper than json can nest
+    with pytest.raises(IdentityError, match="malformed token"):
+        verifier.identity(f"{header}.e30.sig")
+
+
+def test_policy_token_settings(jwks_file: Path) -> None:
+    base = {"issuer": ISSUER, "audience": [AUDIENCE], "jwks_file": str(jwks_file)}
+    policy = parse_policy(
+        {"classes": {"EAR99": {}}, "identity": {**base, "source": "header:X-Id-Token", "leeway_seconds": 0}}
+    )
+    assert policy.tokens is not None
+    assert policy.tokens.source == "header:x-id-token"  # ASGI header names are lower case
+    assert policy.tokens.leeway_seconds == 0
+    remote = {k: v for k, v in base.items() if k != "jwks_file"}
+    assert any(
+        "must be https://" in p for p in identity_problems({**remote, "jwks_url": "http://idp.example.com/jwks"})
+    )
+    ok = parse_policy({"classes": {"EAR99": {}}, "identity": {**remote, "jwks_url": "http://127.0.0.1:8080/jwks"}})
+    assert ok.tokens is not None and ok.tokens.jwks_url == "http://127.0.0.1:8080/jwks"

@@ -105,9 +105,8 @@ def test_server_side_proxy_headers_are_detected(
             f"http://127.0.0.1:{running.port}/weights/a", headers={"X-Forwarded-For": "5.8.1.1, 8.8.8.8"}
         )
         assert response.status_code == status
-        if code is not None:
-            reason = response.json()["reasons"][0]
-            assert reason["code"] == code and "trusts more than" in reason["detail"]
+        if code is not None:  # the specific cause is logged; the response says only that the location is unknown
+            assert response.json()["reasons"][0]["code"] == code
 
 
 def test_demo_tour() -> None:
