@@ -164,17 +164,27 @@ def serve(config: str | None, host: str, port: int, out: TextIO = sys.stdout) ->
     uvicorn.run(app, host=host, port=port, proxy_headers=False, log_level="warning")
 
 
+def _command() -> str:
+    """How to run ``geofence`` from here: bare if it is on PATH, else the path of this environment's script."""
+    import shutil
+
+    script = Path(sys.executable).parent / "geofence"
+    on_path = shutil.which("geofence")
+    return "geofence" if on_path and Path(on_path).resolve() == script.resolve() else str(script)
+
+
 def _curl_examples(host: str, port: int) -> list[str]:
     base = f"http://{host}:{port}"
     body = '-d \'{"model": "mythos-5"}\''
+    token = f'-H "Authorization: Bearer $({_command()} token'
     return [
         f"curl -s {base}/v1/models -H 'X-Forwarded-For: 8.8.8.8'",
         f"curl -s {base}/v1/models -H 'X-Forwarded-For: 5.255.255.5'",
         f"curl -s {base}/v1/messages -H 'X-Forwarded-For: 8.8.8.8' {body}",
         f"curl -s {base}/v1/messages -H 'X-Forwarded-For: 8.8.8.8' {body} \\",
-        '     -H "Authorization: Bearer $(geofence token --nationality US --us-person)"',
+        f'     {token} --nationality US --us-person)"',
         f"curl -s {base}/v1/messages -H 'X-Forwarded-For: 8.8.8.8' {body} \\",
-        '     -H "Authorization: Bearer $(geofence token --nationality DE)"',
+        f'     {token} --nationality DE)"',
     ]
 
 
@@ -306,7 +316,7 @@ def tour(config: str | None = None, out: TextIO = sys.stdout, steps: list[Step] 
             who = "  (token: " + _token_summary(step) + ")" if step.headers else ""
             print(f"    {step.method} {step.path}{body_text}{via}{who}", file=out)
             print(f"    -> {status}  class {decision.get('export_class', '?')}  reasons: {reasons}\n", file=out)
-    print("Keep it serving with `geofence demo` (http://127.0.0.1:8000) and try, for example:", file=out)
+    print(f"Keep it serving with `{_command()} demo` (http://127.0.0.1:8000) and try, for example:", file=out)
     for line in _curl_examples("127.0.0.1", 8000):
         print(f"  {line}", file=out)
     return 1 if failures else 0
