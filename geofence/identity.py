@@ -74,6 +74,12 @@ class Identity:
     subject_hash: str | None = None
     """SHA-256 of ``iss`` and ``sub``: enough to correlate audit records, not to identify the person."""
     issuer: str | None = None
+    assurance_level: str | None = None
+    """From OIDC4IDA ``verified_claims.verification.assurance_level`` (e.g. ``ial2``)."""
+    trust_framework: str | None = None
+    """From ``verified_claims.verification.trust_framework`` (e.g. ``nist_800_63A``)."""
+    verification_time: str | None = None
+    """From ``verified_claims.verification.time`` (ISO 8601), as given."""
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -84,19 +90,27 @@ class Identity:
             "most_recent_country": self.most_recent_country,
             "subject_hash": self.subject_hash,
             "issuer": self.issuer,
+            "assurance_level": self.assurance_level,
+            "trust_framework": self.trust_framework,
+            "verification_time": self.verification_time,
         }
 
 
-def _verified_claims(claims: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+def _verified_claims(claims: Mapping[str, Any]) -> tuple[list[Mapping[str, Any]], Mapping[str, Any]]:
+    """The ``claims`` of every OIDC4IDA ``verified_claims`` element, and the first element's ``verification``."""
     raw = claims.get("verified_claims")
     items = raw if isinstance(raw, list) else [raw] if raw is not None else []
     out = []
+    verification: Mapping[str, Any] = {}
     for item in items:
         inner = item.get("claims") if isinstance(item, Mapping) else None
         if not isinstance(inner, Mapping):
             raise IdentityError("verified_claims must hold a 'claims' object")
         out.append(inner)
-    return out
+        found = item.get("verification")
+        if not verification and isinstance(found, Mapping):
+            verification = found
+    return out, verification
 
 
 def _country(value: Any, name: str) -> str | None:
@@ -112,7 +126,8 @@ def identity_from_claims(claims: Mapping[str, Any], names: ClaimNames = ClaimNam
     """Read an :class:`Identity` from verified claims; :class:`IdentityError` if they are malformed."""
     if not isinstance(claims, Mapping):
         raise IdentityError("claims must be a JSON object")
-    sources: list[Mapping[str, Any]] = [*_verified_claims(claims), claims]
+    verified, verification = _verified_claims(claims)
+    sources: list[Mapping[str, Any]] = [*verified, claims]
     raw_nationalities: Sequence[Any] | None = None
     for source in sources:
         if names.nationalities in source:
@@ -153,4 +168,11 @@ def identity_from_claims(claims: Mapping[str, Any], names: ClaimNames = ClaimNam
         most_recent_country=most_recent,
         subject_hash=subject_hash,
         issuer=issuer,
+        assurance_level=_text(verification.get("assurance_level")),
+        trust_framework=_text(verification.get("trust_framework")),
+        verification_time=_text(verification.get("time")),
     )
+
+
+def _text(value: Any) -> str | None:
+    return value[:64] if isinstance(value, str) else None

@@ -75,6 +75,10 @@ class _Front(NamedTuple):
 
     route: Route
     where: _Where
+    decision: Decision | None
+    """The decision, when identity and body play no part (most requests): the warm path ends here."""
+    private: bool
+    """Whether an allowed response must be marked private for shared caches."""
 
 
 @dataclass
@@ -170,7 +174,9 @@ class GeofenceMiddleware:
             responses=ResponseConfig(blocked_by=policy.blocked_by, vary=vary, hook=self._deny_hook),
             verifier=TokenVerifier(policy.tokens) if policy.tokens is not None else None,
             identity_classes=frozenset(name for name, c in policy.classes.items() if c.persons.kind != "any"),
-            restricted_classes=frozenset(name for name, c in policy.classes.items() if c.restricted),
+            restricted_classes=frozenset(
+                name for name, c in policy.classes.items() if c.restricted and policy.private_cache
+            ),
             fallback_responses=ResponseConfig(blocked_by=policy.blocked_by, vary=vary),
             signature=signature,
         )
@@ -239,7 +245,7 @@ class GeofenceMiddleware:
                 for name, value in scope["headers"]:
                     if name == proxy_header and state.reads_forwarded:
                         forwarded = value if forwarded is None else forwarded + b"," + value
-                    elif name == b"host":
+                    elif name == b"host" and state.needs_host:
                         if host:  # servers and frameworks disagree on which copy wins: refuse to guess
                             raise _Refused("the request has more than one Host header")
                         host = value.decode("latin-1")
@@ -248,20 +254,25 @@ class GeofenceMiddleware:
             front_key = (method, scope["path"], host, client[0] if client else None, forwarded)
             front = state.front.get(front_key)
             if front is None:
-                front = self._front(state, scope, method, host, forwarded)
+                front = self._front(state, scope, kind, method, host, forwarded)
                 if len(state.front) >= _FRONT_CACHE_LIMIT:
                     state.front.clear()
                 state.front[front_key] = front
-            route, where = front
-            if route.body is None and route.also is None:
-                decision = self._decide(state, scope, route.export_class, route.exempt or where.exempt, where)
-            else:
-                decision, receive = await self._decide_slow(state, scope, receive, route, where)
+            decision = front.decision  # set when nothing but the front key can change the answer
+            private = front.private
+            if decision is None:
+                route, where = front.route, front.where
+                if route.body is None and route.also is None:
+                    decision = self._decide(state, scope, route.export_class, route.exempt or where.exempt, where)
+                else:
+                    decision, receive = await self._decide_slow(state, scope, receive, route, where)
+                private = method in _CACHEABLE and decision.export_class in state.restricted_classes
         except _Refused as exc:
-            decision = error_decision(state.policy, _INTERNAL_ERROR_CLASS, str(exc))
+            decision, private = error_decision(state.policy, _INTERNAL_ERROR_CLASS, str(exc)), False
         except Exception as exc:  # fail closed, and never show the client a traceback
             log.exception("geofence: could not decide %s %s", scope.get("method", "WEBSOCKET"), scope.get("path"))
-            decision = error_decision(state.policy, _INTERNAL_ERROR_CLASS, f"internal error: {type(exc).__name__}")
+            detail = f"internal error: {type(exc).__name__}"
+            decision, private = error_decision(state.policy, _INTERNAL_ERROR_CLASS, detail), False
         scope_state = scope.get("state")
         if scope_state is None:
             scope_state = scope["state"] = {}
@@ -271,7 +282,7 @@ class GeofenceMiddleware:
         if decision.allowed:
             if decision.reasons and decision.would_deny:
                 self._record("would_deny", decision, scope)
-            if kind == "http" and decision.export_class in state.restricted_classes and not decision.reasons:
+            if private and not decision.reasons:
                 send = _private_responses(send)
             await self.app(scope, receive, send)
             return
@@ -307,8 +318,9 @@ class GeofenceMiddleware:
         assert decision is not None
         return decision, receive
 
-    def _front(self, state: _State, scope: Scope, method: str, host: str, forwarded: bytes | None) -> _Front:
-        """Route and client location for a (method, path, host, peer, forwarding header) not seen before."""
+    def _front(self, state: _State, scope: Scope, kind: str, method: str, host: str, forwarded: bytes | None) -> _Front:
+        """Route and client location for a (method, path, host, peer, forwarding header) not seen before, and
+        the decision itself when no identity and no body can change it."""
         route = state.policy.routes.classify(method, host, scope["path"])
         client = scope.get("client")
         where_key = (client[0] if client else None, forwarded)
@@ -318,7 +330,11 @@ class GeofenceMiddleware:
             if len(state.clients) >= _CLIENT_CACHE_LIMIT:
                 state.clients.clear()
             state.clients[where_key] = where
-        return _Front(route, where)
+        if route.body is None and route.also is None and route.export_class not in state.identity_classes:
+            decision = self._decide(state, scope, route.export_class, route.exempt or where.exempt, where)
+            private = method in _CACHEABLE and decision.export_class in state.restricted_classes
+            return _Front(route, where, decision, private)
+        return _Front(route, where, None, False)
 
     def _decide(self, state: _State, scope: Scope, export_class: str, exempt: str | None, where: _Where) -> Decision:
         """Identity, then the decision: one cached answer per (class, network, identity) object."""
@@ -385,23 +401,37 @@ class GeofenceMiddleware:
                 log.exception("geofence: on_decision hook failed")
 
 
+_PRIVATE: Final = (b"cache-control", b"private")
+_CACHEABLE: Final = frozenset({"GET", "HEAD"})  # what shared caches store without explicit opt-in
+
+
 def _private_responses(send: Send) -> Send:
     """Mark the app's response ``Cache-Control: private``: it was decided for this caller, so a shared cache
     (a CDN in front of the app) must not replay it to someone the policy would refuse."""
 
     async def wrapped(message: Message) -> None:
         if message["type"] == "http.response.start":
-            headers = list(message.get("headers", ()))
-            given = [v.decode("latin-1") for k, v in headers if k.lower() == b"cache-control"]
-            directives = [d.strip() for v in given for d in v.split(",") if d.strip()]
-            if not any(d.lower() in ("private", "no-store") for d in directives):
-                kept = [d for d in directives if not d.lower().startswith(("public", "s-maxage"))]
-                value = ", ".join(["private", *kept]).encode("latin-1")
-                headers = [(k, v) for k, v in headers if k.lower() != b"cache-control"] + [(b"cache-control", value)]
-                message = {**message, "headers": headers}
+            headers = message.get("headers") or ()
+            for name, _ in headers:
+                if name.lower() == b"cache-control":
+                    message["headers"] = _make_private(headers)
+                    break
+            else:
+                message["headers"] = [*headers, _PRIVATE]
         await send(message)
 
     return wrapped
+
+
+def _make_private(headers: Any) -> list[tuple[bytes, bytes]]:
+    """Keep the app's directives but ``public`` / ``s-maxage``, and make the response private."""
+    given = [bytes(v).decode("latin-1") for k, v in headers if bytes(k).lower() == b"cache-control"]
+    directives = [d.strip() for v in given for d in v.split(",") if d.strip()]
+    if any(d.lower() in ("private", "no-store") for d in directives):
+        return list(headers)
+    kept = [d for d in directives if not d.lower().startswith(("public", "s-maxage"))]
+    value = ", ".join(["private", *kept]).encode("latin-1")
+    return [(k, v) for k, v in headers if bytes(k).lower() != b"cache-control"] + [(b"cache-control", value)]
 
 
 def _header(scope: Scope, name: bytes) -> str:

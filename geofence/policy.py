@@ -115,6 +115,8 @@ class Policy:
     """Inclusive key ranges with their text; the pseudo-network ``unix`` trusts Unix-socket peers."""
     proxy_header: str
     blocked_by: str | None
+    private_cache: bool
+    """Mark allowed GET/HEAD responses of restricting classes ``Cache-Control: private``."""
     claim_names: ClaimNames
     tokens: TokenConfig | None
     """How to verify identity tokens; None when the policy configures no key source."""
@@ -368,8 +370,12 @@ def parse_policy(data: Mapping[str, Any], *, source: str = "<policy>", base_dir:
             check.error(f"exempt.paths[{i}]", f"{glob!r} must start with '/'")
     exempt_networks = tuple(check.networks(exempt.get("networks"), "exempt.networks"))
 
-    response = check.table(top.get("response"), "response", ("blocked_by",))
+    response = check.table(top.get("response"), "response", ("blocked_by", "private_cache"))
     blocked_by = check.string(response.get("blocked_by"), "response.blocked_by")
+    private_cache = response.get("private_cache", True)
+    if not isinstance(private_cache, bool):
+        check.error("response.private_cache", "must be true or false")
+        private_cache = True
     if blocked_by is not None and not re.fullmatch(r"[a-zA-Z][a-zA-Z0-9+.-]*:[^\s<>\"]+", blocked_by):
         check.error("response.blocked_by", f"{blocked_by!r} is not an absolute URI")
 
@@ -401,6 +407,7 @@ def parse_policy(data: Mapping[str, Any], *, source: str = "<policy>", base_dir:
         trusted_proxies=trusted,
         proxy_header=header.lower(),
         blocked_by=blocked_by,
+        private_cache=private_cache,
         claim_names=claim_names,
         tokens=tokens,
         reference=reference,
@@ -644,6 +651,7 @@ def _with_version(policy: Policy) -> Policy:
         "load": policy.load,
         "trusted_proxies": [text for _, _, text in policy.trusted_proxies],
         "blocked_by": policy.blocked_by,
+        "private_cache": policy.private_cache,
         "proxy_header": policy.proxy_header,
         "claim_names": plain(policy.claim_names),
         "tokens": plain(policy.tokens),

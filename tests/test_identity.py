@@ -65,11 +65,14 @@ def test_us_person_status(claims: dict[str, Any], us_person: bool) -> None:
 
 
 def test_oidc4ida_verified_claims_object_and_array() -> None:
-    verified = {"verification": {"trust_framework": "nist_800_63A"}, "claims": {"nationalities": ["GBR", "SLE"]}}
+    verification = {"trust_framework": "nist_800_63A", "assurance_level": "ial2", "time": "2026-01-02T03:04:05Z"}
+    verified = {"verification": verification, "claims": {"nationalities": ["GBR", "SLE"]}}
     for form in (verified, [verified]):
         identity = identity_from_claims({"verified_claims": form, "nationalities": ["US"]})
         assert identity.nationalities == ("GB", "SL")  # verified claims win over the plain claim
         assert identity.us_person is False
+        assert (identity.trust_framework, identity.assurance_level) == ("nist_800_63A", "ial2")
+        assert identity.verification_time == "2026-01-02T03:04:05Z"
 
 
 def test_custom_claim_names() -> None:

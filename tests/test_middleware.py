@@ -522,3 +522,23 @@ async def test_tokens_through_the_middleware(tmp_path: Path, country_db: Path) -
         assert (await send(middleware, "GET", "/weights/a", headers=rotated)).status_code == 200
     finally:
         middleware.close()
+
+
+async def test_app_cache_directives_are_kept_but_made_private(country_db: Path, anonymous_db: Path) -> None:
+    async def cached_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        headers = [(b"content-type", b"text/plain"), (b"cache-control", b"public, max-age=600, s-maxage=3600")]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    middleware = GeofenceMiddleware(cached_app, config=policy(country_db, anonymous_db))
+    response = await send(middleware, "GET", "/anything")
+    assert response.headers["cache-control"] == "private, max-age=600"
+
+
+async def test_private_cache_marking_is_for_get_and_can_be_turned_off(country_db: Path, anonymous_db: Path) -> None:
+    middleware, _ = GeofenceMiddleware(Recorder(), config=policy(country_db, anonymous_db)), None
+    posted = await send(middleware, "POST", "/anything", content=b"{}")
+    assert posted.status_code == 200 and "cache-control" not in posted.headers  # POST is not stored by caches
+    off = GeofenceMiddleware(Recorder(), config=policy(country_db, anonymous_db, response={"private_cache": False}))
+    response = await send(off, "GET", "/anything")
+    assert response.status_code == 200 and "cache-control" not in response.headers
