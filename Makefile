@@ -27,6 +27,7 @@ test: $(BIN)/geofence
 
 bench: $(BIN)/geofence
 	$(BIN)/python benchmarks/lookup.py
+	$(BIN)/python benchmarks/tokens.py
 	$(BIN)/python benchmarks/middleware.py
 
 clean:
