@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -109,12 +110,15 @@ def test_server_side_proxy_headers_are_detected(
             assert response.json()["reasons"][0]["code"] == code
 
 
-def test_demo_tour() -> None:
+def test_demo_tour(tmp_path: Path) -> None:
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path)}  # the demo key goes here, not in the user's home
     result = subprocess.run(
-        [sys.executable, "-m", "geofence", "demo", "--tour"], capture_output=True, text=True, timeout=120, cwd=ROOT
-    )
+        [sys.executable, "-m", "geofence", "demo", "--tour"], capture_output=True, text=True, timeout=120, cwd=ROOT,
+        env=env,
+    )  # fmt: skip
     assert result.returncode == 0, result.stderr
     statuses = [line.split()[1] for line in result.stdout.splitlines() if line.strip().startswith("->")]
     assert statuses == ["200", "451", "200", "401", "200", "451", "451", "401", "451", "451", "451", "451", "200"]
     assert "untrusted peer 127.0.0.2" in result.stdout
     assert "curl -s http://127.0.0.1:8000/" in result.stdout
+    assert (tmp_path / "geofence" / "demo-signing-key.pem").stat().st_mode & 0o077 == 0  # private to its owner
