@@ -15,7 +15,7 @@ from maxminddb.errors import InvalidDatabaseError
 
 from .addresses import address_key, format_network, key_address, special_range
 from .databases import Facts, GeoDatabase, default_database_path, open_database
-from .errors import DatabaseError
+from .errors import DatabaseError, InvalidAddressError
 from .location import Anonymizer, Location
 from .netcache import NetworkCache
 
@@ -92,6 +92,8 @@ class Locator:
         return location if location is not None else self._resolve(key)
 
     def _resolve(self, key: int, ipv4_text: str | None = None) -> Location:
+        if type(key) is not int or not 0 <= key < 1 << 128:
+            raise InvalidAddressError(f"{key!r} is not an address key")
         special, low, high = special_range(key)
         if special is not None:
             location = self._special.get(special.network)

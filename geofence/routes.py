@@ -135,17 +135,20 @@ class _Duplicate(Exception):
 def _field(body: bytes, path: str) -> tuple[Any, str | None]:
     """The value at dotted *path* in a JSON object body, or a problem description."""
     first, *rest = path.split(".")
+    names = {first, *rest}
 
     def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
         seen = dict(items)
-        if len(seen) != len(items) and first in seen and sum(1 for k, _ in items if k == first) > 1:
-            raise _Duplicate
+        if len(seen) != len(items):  # a key on the field's path given twice: parsers disagree on which wins
+            for name in names & seen.keys():
+                if sum(1 for k, _ in items if k == name) > 1:
+                    raise _Duplicate(name)
         return seen
 
     try:
         document = json.loads(body, object_pairs_hook=pairs)
-    except _Duplicate:
-        return None, f"JSON body names {first!r} twice"
+    except _Duplicate as exc:
+        return None, f"JSON body names {exc.args[0]!r} twice"
     except (ValueError, RecursionError):
         return None, "body is not valid JSON"
     node: Any = document

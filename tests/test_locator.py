@@ -467,3 +467,9 @@ def test_mmap_mode_reads_the_file_itself(country_db: Path) -> None:
 def test_a_single_path_is_accepted(country_db: Path) -> None:
     with Locator(country_db) as locator, Locator(str(country_db)) as again:
         assert locator.lookup("8.8.8.8").country == again.lookup("8.8.8.8").country == "US"
+
+
+@pytest.mark.parametrize("key", [-1, 1 << 128])
+def test_lookup_key_rejects_what_is_not_a_key(country_db: Path, key: object) -> None:
+    with Locator([country_db]) as locator, pytest.raises(InvalidAddressError):
+        locator.lookup_key(key)  # type: ignore[arg-type]

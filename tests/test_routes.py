@@ -82,6 +82,7 @@ def body(value: object) -> bytes:
         (body({"model": "Mythos-5"}), "4E091"),
         (body({"model": "haiku"}), "EAR99-LOGGED"),  # falls through to the next matching rule
         (body({"model": "haiku", "tool": {"name": "crypto"}}), "5D002"),  # second body rule, dotted path
+        (b'{"model": "haiku", "tool": {"name": "x", "name": "crypto"}}', "5D002"),  # nested duplicate: fail closed
         (body({}), "EAR99-LOGGED"),
         (body({"model": 5}), "EAR99-LOGGED"),
         # Fail closed: the class of the rule that could not be evaluated.
