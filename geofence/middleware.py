@@ -5,12 +5,12 @@ One line protects any ASGI app::
     app.add_middleware(GeofenceMiddleware, config="geofence.toml")
 
 Every ``http`` request and ``websocket`` handshake is decided before the app sees it; denied requests never
-reach the app. ``lifespan`` and other scope types pass straight through. Pure ASGI (no ``BaseHTTPMiddleware``,
-which costs ~200 µs a request and never sees WebSockets).
+reach the app. ``lifespan`` and other scope types pass straight through. Pure ASGI: Starlette's base HTTP
+middleware class would cost ~200 µs a request and never see WebSockets.
 
-The per-request path touches only what it needs: the route memo, the client address, the network-keyed
-location cache and a decision cache keyed by (class, location, identity) objects, so a repeat request from a
-known network costs a few dictionary lookups. Everything else — a policy or database change on disk — is
+The per-request path touches only what it needs: a front cache per (method, path, host, peer, forwarding
+header), the network-keyed location cache and a decision cache keyed by (class, location, identity), so a
+repeat request from a known network costs a few dictionary lookups. Everything else — a policy or database change on disk — is
 picked up by a background thread that validates the new state and swaps it in with one reference assignment.
 """
 
