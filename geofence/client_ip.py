@@ -21,7 +21,6 @@ __all__ = ["ClientAddress", "ProxyConfig", "resolve_client"]
 
 UNIX: Final = "unix"
 """``[proxies] trusted`` entry that trusts a peer on a Unix socket (``scope["client"]`` is None)."""
-LIST_HEADERS: Final = ("x-forwarded-for", "forwarded")
 _MAX_HOPS: Final = 32
 _TOKEN: Final = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
 # RFC 7239: pair = token "=" ( token / quoted-string ); IPv6 and ports need quoting.

@@ -69,11 +69,6 @@ def country_name(code: str) -> str:
 
 
 @cache
-def _all_codes() -> tuple[str, ...]:
-    return tuple(c.alpha_2 for c in pycountry.countries) + tuple(_EXTRA_COUNTRIES)
-
-
-@cache
 def _names() -> dict[str, str]:
     """Lower-case country names (official, short and common) -> alpha-2, for fuzzy suggestions."""
     names = {name.lower(): code for code, name in _EXTRA_COUNTRIES.items()}

@@ -10,8 +10,9 @@ middleware class would cost ~200 µs a request and never see WebSockets.
 
 The per-request path touches only what it needs: a front cache per (method, path, host, peer, forwarding
 header), the network-keyed location cache and a decision cache keyed by (class, location, identity), so a
-repeat request from a known network costs a few dictionary lookups. Everything else — a policy or database change on disk — is
-picked up by a background thread that validates the new state and swaps it in with one reference assignment.
+repeat request from a known network costs a few dictionary lookups. Everything else — a policy or database
+change on disk — is picked up by a background thread that validates the new state and swaps it in with one
+reference assignment.
 """
 
 from __future__ import annotations
