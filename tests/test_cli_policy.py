@@ -53,21 +53,14 @@ def run_json(*args: str) -> tuple[int, dict]:  # type: ignore[type-arg]
     return result.returncode, json.loads(result.stdout)
 
 
+def post_messages(policy_file: Path, body: str, *extra: str) -> tuple[int, dict]:  # type: ignore[type-arg]
+    """`geofence check` for POST /v1/messages from a US address with *body*."""
+    message = ["--method", "POST", "--path", "/v1/messages", "--body", body]
+    return run_json("--ip", "8.8.8.8", *message, *extra, "--config", str(policy_file))
+
+
 def test_check_allowed_us_person(policy_file: Path) -> None:
-    code, decision = run_json(
-        "--ip",
-        "8.8.8.8",
-        "--method",
-        "POST",
-        "--path",
-        "/v1/messages",
-        "--body",
-        '{"model": "mythos-5"}',
-        "--claims",
-        '{"us_person": true}',
-        "--config",
-        str(policy_file),
-    )
+    code, decision = post_messages(policy_file, '{"model": "mythos-5"}', "--claims", '{"us_person": true}')
     assert code == 0
     assert decision["allowed"] is True and decision["status"] == 200 and decision["export_class"] == "4E091"
     assert decision["facts"]["location"]["subdivisions"] == ["US-CA"]
@@ -98,31 +91,9 @@ def test_check_anonymizer_and_crimea(policy_file: Path) -> None:
 
 
 def test_check_body_classification_falls_back_and_fails_closed(policy_file: Path) -> None:
-    code, decision = run_json(
-        "--ip",
-        "8.8.8.8",
-        "--method",
-        "POST",
-        "--path",
-        "/v1/messages",
-        "--body",
-        '{"model": "haiku"}',
-        "--config",
-        str(policy_file),
-    )
+    code, decision = post_messages(policy_file, '{"model": "haiku"}')
     assert (code, decision["export_class"]) == (0, "EAR99")
-    code, decision = run_json(
-        "--ip",
-        "8.8.8.8",
-        "--method",
-        "POST",
-        "--path",
-        "/v1/messages",
-        "--body",
-        "{not json",
-        "--config",
-        str(policy_file),
-    )
+    code, decision = post_messages(policy_file, "{not json")
     assert (code, decision["export_class"], decision["status"]) == (1, "4E091", 401)
 
 
@@ -218,15 +189,9 @@ def test_validate_missing_database(tmp_path: Path, write_db: WriteDb) -> None:
 
 
 def test_check_with_a_token(tmp_path: Path, country_db: Path) -> None:
-    from .test_tokens import AUDIENCE, ISSUER, RSA_KEY, jwk, token
+    from .test_tokens import token, token_policy
 
-    jwks = tmp_path / "jwks.json"
-    jwks.write_text(json.dumps({"keys": [jwk(RSA_KEY, "rsa-1")]}))
-    path = tmp_path / "p.toml"
-    path.write_text(
-        f'[geoip]\ndatabases = ["{country_db}"]\n[identity]\nissuer = "{ISSUER}"\naudience = ["{AUDIENCE}"]\n'
-        f'jwks_file = "{jwks}"\n[classes.EAR99]\n[classes.C]\npersons = "us_only"\n'
-    )
+    path, _ = token_policy(tmp_path, country_db, '[classes.EAR99]\n[classes.C]\npersons = "us_only"\n')
     code, decision = run_json("--ip", "8.8.8.8", "--class", "C", "--token", token(), "--config", str(path))
     assert (code, decision["allowed"]) == (0, True)
     assert decision["facts"]["identity"]["us_person"] is True

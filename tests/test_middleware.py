@@ -484,17 +484,10 @@ async def test_starlette_decorator(country_db: Path, anonymous_db: Path) -> None
 
 
 async def test_tokens_through_the_middleware(tmp_path: Path, country_db: Path) -> None:
-    from .test_tokens import AUDIENCE, EC_KEY, ISSUER, RSA_KEY, jwk, token
+    from .test_tokens import EC_KEY, RSA_KEY, jwk, token, token_policy
 
-    jwks = tmp_path / "jwks.json"
-    jwks.write_text(json.dumps({"keys": [jwk(RSA_KEY, "rsa-1")]}))
-    path = tmp_path / "geofence.toml"
-    path.write_text(
-        f'[geoip]\ndatabases = ["{country_db}"]\n'
-        f'[identity]\nissuer = "{ISSUER}"\naudience = ["{AUDIENCE}"]\njwks_file = "{jwks}"\n'
-        '[classes.EAR99]\n[classes.C]\nallow_destinations = ["US"]\npersons = "us_only"\n'
-        '[[routes]]\npath = "/weights/**"\nclass = "C"\n'
-    )
+    classes = '[classes.EAR99]\n[classes.C]\nallow_destinations = ["US"]\npersons = "us_only"\n'
+    path, jwks = token_policy(tmp_path, country_db, classes + '[[routes]]\npath = "/weights/**"\nclass = "C"\n')
     middleware = GeofenceMiddleware(Recorder(), config=str(path), reload_interval=0.05)
     try:
         bearer = {"authorization": f"Bearer {token()}"}

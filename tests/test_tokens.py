@@ -57,6 +57,18 @@ def b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
+def token_policy(directory: Path, country_db: Path, classes: str) -> tuple[Path, Path]:
+    """A policy file verifying tokens against a JWKS file holding the RSA key: (policy path, JWKS path)."""
+    jwks = directory / "jwks.json"
+    jwks.write_text(json.dumps({"keys": [jwk(RSA_KEY, "rsa-1")]}))
+    path = directory / "geofence.toml"
+    path.write_text(
+        f'[geoip]\ndatabases = ["{country_db}"]\n'
+        f'[identity]\nissuer = "{ISSUER}"\naudience = ["{AUDIENCE}"]\njwks_file = "{jwks}"\n{classes}'
+    )
+    return path, jwks
+
+
 @pytest.fixture
 def jwks_file(tmp_path: Path) -> Path:
     path = tmp_path / "jwks.json"
