@@ -13,7 +13,6 @@ from typing import Any, TypeVar
 
 from .decision import Decision, decide, error_decision
 from .middleware import MIDDLEWARE_KEY, POLICY_KEY, STATE_KEY
-from .responses import ResponseConfig, denial_response
 
 __all__ = ["GeofenceDenied", "check_class", "install_handler", "require_class", "requires_class"]
 
@@ -104,7 +103,7 @@ def install_handler(app: Any) -> None:
 
 
 def _response(decision: Decision, request: Any, response_class: Any) -> Any:
-    policy = request.scope["state"][POLICY_KEY]
-    denial = denial_response(decision, ResponseConfig(blocked_by=policy.blocked_by), request.headers.get("accept", ""))
+    """The middleware's own denial (same headers, same custom hook), as a Starlette response."""
+    denial = request.scope["state"][MIDDLEWARE_KEY].denial(decision, request.scope)
     headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in denial.headers if k != b"content-length"}
     return response_class(denial.body, status_code=denial.status, headers=headers)

@@ -17,6 +17,7 @@ reference assignment.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import threading
@@ -98,7 +99,6 @@ class _State:
     """Classes with a person rule: only their requests resolve an identity."""
     restricted_classes: frozenset[str]
     """Classes that deny someone: their allowed responses are marked private for shared caches."""
-    fallback_responses: ResponseConfig
     signature: tuple[Any, ...] = ()
     decisions: dict[tuple[str, int, int, str | None], tuple[Any, Any, Decision]] = field(default_factory=dict)
     clients: dict[tuple[str | None, bytes | None], _Where] = field(default_factory=dict)
@@ -164,7 +164,6 @@ class GeofenceMiddleware:
             policy = load_policy(self._path)
         signature = self._signature(policy)
         proxies = ProxyConfig.from_networks(policy.trusted_proxies, policy.proxy_header)
-        vary = ("Accept", "Authorization", "Cookie", policy.proxy_header.title())
         return _State(
             policy=policy,
             locator=policy.locator(),
@@ -172,13 +171,16 @@ class GeofenceMiddleware:
             proxy_header=policy.proxy_header.encode("latin-1"),
             reads_forwarded=bool(proxies.trusted or proxies.trust_unix),
             needs_host=any(rule.host for rule in policy.routes.rules),
-            responses=ResponseConfig(blocked_by=policy.blocked_by, vary=vary, hook=self._deny_hook),
+            responses=ResponseConfig(
+                blocked_by=policy.blocked_by,
+                vary=("Accept", "Authorization", "Cookie", policy.proxy_header.title()),
+                hook=self._deny_hook,
+            ),
             verifier=TokenVerifier(policy.tokens) if policy.tokens is not None else None,
             identity_classes=frozenset(name for name, c in policy.classes.items() if c.persons.kind != "any"),
             restricted_classes=frozenset(
                 name for name, c in policy.classes.items() if c.restricted and policy.private_cache
             ),
-            fallback_responses=ResponseConfig(blocked_by=policy.blocked_by, vary=vary),
             signature=signature,
         )
 
@@ -255,7 +257,7 @@ class GeofenceMiddleware:
             front_key = (method, scope["path"], host, client[0] if client else None, forwarded)
             front = state.front.get(front_key)
             if front is None:
-                front = self._front(state, scope, kind, method, host, forwarded)
+                front = self._front(state, scope, method, host, forwarded)
                 if len(state.front) >= _FRONT_CACHE_LIMIT:
                     state.front.clear()
                 state.front[front_key] = front
@@ -288,11 +290,7 @@ class GeofenceMiddleware:
             await self.app(scope, receive, send)
             return
         self._record("deny", decision, scope)
-        try:
-            response = denial_response(decision, state.responses, _header(scope, b"accept"), scope)
-        except Exception:
-            log.exception("geofence: deny_response hook failed; sending the standard denial")
-            response = denial_response(decision, state.fallback_responses, _header(scope, b"accept"))
+        response = self._denial(state, decision, scope)
         if kind == "http":
             await send({"type": "http.response.start", "status": response.status, "headers": list(response.headers)})
             body = b"" if scope.get("method") == "HEAD" else response.body
@@ -319,7 +317,7 @@ class GeofenceMiddleware:
         assert decision is not None
         return decision, receive
 
-    def _front(self, state: _State, scope: Scope, kind: str, method: str, host: str, forwarded: bytes | None) -> _Front:
+    def _front(self, state: _State, scope: Scope, method: str, host: str, forwarded: bytes | None) -> _Front:
         """Route and client location for a (method, path, host, peer, forwarding header) not seen before, and
         the decision itself when no identity and no body can change it."""
         route = state.policy.routes.classify(method, host, scope["path"])
@@ -380,6 +378,18 @@ class GeofenceMiddleware:
         except IdentityError as exc:
             return None, str(exc)
         return None, None
+
+    def denial(self, decision: Decision, scope: Scope) -> DenialResponse:
+        """The response for a denied *decision* of a request (also used by the per-endpoint helpers)."""
+        return self._denial(self._state, decision, scope)
+
+    def _denial(self, state: _State, decision: Decision, scope: Scope) -> DenialResponse:
+        accept = _header(scope, b"accept")
+        try:
+            return denial_response(decision, state.responses, accept, scope)
+        except Exception:
+            log.exception("geofence: deny_response hook failed; sending the standard denial")
+            return denial_response(decision, dataclasses.replace(state.responses, hook=None), accept)
 
     def _record(self, outcome: str, decision: Decision, scope: Scope) -> None:
         for reason in decision.reasons:
