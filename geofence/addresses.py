@@ -26,6 +26,7 @@ __all__ = [
     "format_network",
     "key_address",
     "parse_address",
+    "parse_network",
     "special_range",
 ]
 
@@ -210,3 +211,22 @@ def special_range(key: int) -> tuple[SpecialRange | None, int, int]:
     elif key > _V4_MAX:
         low = max(low, _V4_MAX + 1)
     return None, low, high
+
+
+def parse_network(text: str) -> tuple[int, int, str]:
+    """A CIDR (or single address) as an inclusive key range (with its text); strict about host bits.
+
+    Raises ValueError with a message fit for a policy problem."""
+    address, _, bits = text.partition("/")
+    try:
+        parsed = parse_address(address)
+    except InvalidAddressError:
+        raise ValueError(f"{text!r} is not an IP network") from None
+    width = 32 if parsed.version == 4 else 128
+    if bits and not (bits.isdigit() and 0 <= int(bits) <= width):
+        raise ValueError(f"{text!r}: prefix length must be 0-{width}")
+    prefix = int(bits) if bits else width
+    span = (1 << (width - prefix)) - 1
+    if parsed.key & span:
+        raise ValueError(f"{text!r} has host bits set (did you mean the network containing it?)")
+    return parsed.key, parsed.key | span, text

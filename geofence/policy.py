@@ -16,17 +16,18 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final, NamedTuple
+from typing import Any, Final
 
-from .addresses import parse_address
 from .databases import LOAD_MODES
 from .destinations import GroupResolver, ReferenceData, load_reference
-from .errors import GeofenceError, InvalidAddressError
+from .errors import GeofenceError
 from .identity import ClaimNames
 from .locator import DEFAULT_CACHE_SIZE, Locator
+from .policy_checks import Checker, Problem, keys_of
+from .policy_identity import TOKEN_KEYS, token_config
 from .resources import data_path
 from .routes import DEFAULT_MAX_BODY, RouteRule, RouteTable
-from .tokens import ASSURANCE_LEVELS, SUPPORTED_ALGORITHMS, TokenConfig
+from .tokens import TokenConfig
 
 __all__ = [
     "EXAMPLE_POLICY",
@@ -42,14 +43,6 @@ __all__ = [
 EXAMPLE_POLICY: Final = "example-policy.toml"
 MODES: Final = ("enforce", "report")
 _HEADER_NAME: Final = re.compile(r"[a-z0-9!#$%&'*+.^_`|~-]+")
-
-
-class Problem(NamedTuple):
-    path: str
-    message: str
-
-    def __str__(self) -> str:
-        return f"{self.path}: {self.message}" if self.path else self.message
 
 
 class PolicyError(GeofenceError):
@@ -137,101 +130,6 @@ class Policy:
         return None
 
 
-# --- validation helpers ----------------------------------------------------------------------------------
-
-
-class _Checker:
-    def __init__(self) -> None:
-        self.problems: list[Problem] = []
-
-    def error(self, path: str, message: str) -> None:
-        self.problems.append(Problem(path, message))
-
-    def table(self, value: Any, path: str, keys: tuple[str, ...]) -> dict[str, Any]:
-        if value is None:
-            return {}
-        if not isinstance(value, dict):
-            self.error(path, f"must be a table, not {_kind(value)}")
-            return {}
-        for key in value:
-            if key not in keys:
-                close = difflib.get_close_matches(key, keys, n=1, cutoff=0.6)
-                hint = f"; did you mean {close[0]!r}?" if close else f" (valid keys: {', '.join(keys)})"
-                self.error(f"{path}.{key}" if path else key, f"unknown key{hint}")
-        return value
-
-    def string(self, value: Any, path: str, choices: tuple[str, ...] = ()) -> str | None:
-        if value is None:
-            return None
-        if not isinstance(value, str):
-            self.error(path, f"must be a string, not {_kind(value)}")
-            return None
-        if choices and value not in choices:
-            close = difflib.get_close_matches(value, choices, n=1, cutoff=0.5)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
-            self.error(path, f"{value!r} is not one of {', '.join(map(repr, choices))}{hint}")
-            return None
-        return value
-
-    def strings(self, value: Any, path: str) -> list[str]:
-        if value is None:
-            return []
-        if isinstance(value, str):
-            value = [value]
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            self.error(path, "must be a list of strings")
-            return []
-        return value
-
-    def integer(self, value: Any, path: str, minimum: int = 1) -> int | None:
-        if value is None:
-            return None
-        if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-            self.error(path, f"must be an integer >= {minimum}")
-            return None
-        return value
-
-    def networks(self, value: Any, path: str, allow_unix: bool = False) -> list[tuple[int, int, str]]:
-        out = []
-        for i, text in enumerate(self.strings(value, path)):
-            if allow_unix and text == "unix":
-                out.append((0, -1, text))  # matches no address; the middleware reads it as "trust Unix sockets"
-                continue
-            try:
-                out.append(_network(text))
-            except ValueError as exc:
-                self.error(f"{path}[{i}]", str(exc))
-        return out
-
-
-def _keys_of(value: Any) -> tuple[str, ...]:
-    """Every key of a table (all valid): for tables whose keys the operator names (groups, classes)."""
-    return tuple(value) if isinstance(value, dict) else ()
-
-
-def _kind(value: Any) -> str:
-    return {dict: "a table", list: "a list", str: "a string", bool: "a boolean", int: "an integer"}.get(
-        type(value), type(value).__name__
-    )
-
-
-def _network(text: str) -> tuple[int, int, str]:
-    """A CIDR (or single address) as an inclusive key range; strict about host bits."""
-    address, _, bits = text.partition("/")
-    try:
-        parsed = parse_address(address)
-    except InvalidAddressError:
-        raise ValueError(f"{text!r} is not an IP network") from None
-    width = 32 if parsed.version == 4 else 128
-    if bits and not (bits.isdigit() and 0 <= int(bits) <= width):
-        raise ValueError(f"{text!r}: prefix length must be 0-{width}")
-    prefix = int(bits) if bits else width
-    span = (1 << (width - prefix)) - 1
-    if parsed.key & span:
-        raise ValueError(f"{text!r} has host bits set (did you mean the network containing it?)")
-    return parsed.key, parsed.key | span, text
-
-
 _TOP: Final = (
     "geoip",
     "proxies",
@@ -263,23 +161,6 @@ _CLAIM_KEYS: Final = (
     "permanent_residence_claim",
     "most_recent_country_claim",
 )
-_TOKEN_KEYS: Final = (
-    "source",
-    "issuer",
-    "audience",
-    "algorithms",
-    "jwks_url",
-    "jwks_file",
-    "public_key_file",
-    "hmac_secret_env",
-    "leeway_seconds",
-    "required_claims",
-    "min_assurance",
-    "trust_frameworks",
-    "max_verification_age_days",
-    "max_token_bytes",
-    "jwks_refresh_seconds",
-)
 _METHODS: Final = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "CONNECT", "TRACE", "WEBSOCKET")
 
 
@@ -305,7 +186,7 @@ def load_policy(path: str | Path | None = None) -> Policy:
 
 def parse_policy(data: Mapping[str, Any], *, source: str = "<policy>", base_dir: Path | None = None) -> Policy:
     """Validate and compile a policy given as a dict (the parsed TOML, or built in Python)."""
-    check = _Checker()
+    check = Checker()
     top = check.table(dict(data), "", _TOP)
 
     geoip = check.table(top.get("geoip"), "geoip", ("databases", "cache_size", "load"))
@@ -329,7 +210,7 @@ def parse_policy(data: Mapping[str, Any], *, source: str = "<policy>", base_dir:
     reference = _reference(reference_file, base_dir, check)
 
     groups: dict[str, Any] = dict(reference.groups)
-    operator_groups = check.table(top.get("groups"), "groups", _keys_of(top.get("groups")))
+    operator_groups = check.table(top.get("groups"), "groups", keys_of(top.get("groups")))
     for name, members in operator_groups.items():
         if len(name) == 2 and name.isalpha():
             check.error(f"groups.{name}", "a group name must not look like a country code")
@@ -343,7 +224,7 @@ def parse_policy(data: Mapping[str, Any], *, source: str = "<policy>", base_dir:
     classes: dict[str, ClassPolicy] = {}
     defaults = check.table(top.get("defaults"), "defaults", ("mode", "class"))
     default_mode = check.string(defaults.get("mode"), "defaults.mode", MODES) or "enforce"
-    for name, raw in check.table(classes_raw, "classes", _keys_of(classes_raw)).items():
+    for name, raw in check.table(classes_raw, "classes", keys_of(classes_raw)).items():
         compiled = _class(name, raw, default_mode, resolver, check, errors)
         if compiled is not None:
             classes[name] = compiled
@@ -379,7 +260,7 @@ def parse_policy(data: Mapping[str, Any], *, source: str = "<policy>", base_dir:
     if blocked_by is not None and not re.fullmatch(r"[a-zA-Z][a-zA-Z0-9+.-]*:[^\s<>\"]+", blocked_by):
         check.error("response.blocked_by", f"{blocked_by!r} is not an absolute URI")
 
-    identity = check.table(top.get("identity"), "identity", _CLAIM_KEYS + _TOKEN_KEYS)
+    identity = check.table(top.get("identity"), "identity", _CLAIM_KEYS + TOKEN_KEYS)
     claim_names = ClaimNames(
         **{
             key.removesuffix("_claim"): value
@@ -387,7 +268,7 @@ def parse_policy(data: Mapping[str, Any], *, source: str = "<policy>", base_dir:
             if (value := check.string(identity.get(key), f"identity.{key}"))
         }
     )
-    tokens = _tokens(identity, claim_names, base_dir, check)
+    tokens = token_config(identity, claim_names, base_dir, check)
 
     for message in dict.fromkeys(errors):  # a bad group member is reported once, not once per use
         where, _, text = message.partition(": ")
@@ -416,86 +297,7 @@ def parse_policy(data: Mapping[str, Any], *, source: str = "<policy>", base_dir:
     return _with_version(policy)
 
 
-def _tokens(table: Mapping[str, Any], names: ClaimNames, base_dir: Path | None, check: _Checker) -> TokenConfig | None:
-    """The token half of ``[identity]``: None when no key source is configured (identity then comes from the app)."""
-    sources = [k for k in ("jwks_url", "jwks_file", "public_key_file") if k in table]
-    token_keys = [k for k in _TOKEN_KEYS if k in table]
-    if not token_keys:
-        return None
-    if len(sources) > 1:
-        check.error("identity", f"give one key source, not {' and '.join(sources)}")
-    algorithms = tuple(check.strings(table.get("algorithms", ["RS256", "ES256", "EdDSA"]), "identity.algorithms"))
-    for algorithm in algorithms:
-        if algorithm not in SUPPORTED_ALGORITHMS:
-            close = difflib.get_close_matches(algorithm, SUPPORTED_ALGORITHMS, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
-            check.error("identity.algorithms", f"{algorithm!r} is not a supported signature algorithm{hint}")
-    hmac = [a for a in algorithms if a.startswith("HS")]
-    secret_env = check.string(table.get("hmac_secret_env"), "identity.hmac_secret_env")
-    if hmac and secret_env is None:
-        check.error("identity.algorithms", f"{', '.join(hmac)} need hmac_secret_env (a secret, never a public key)")
-    if not sources and not (hmac and secret_env):
-        check.error("identity", "needs a key source: jwks_url, jwks_file or public_key_file")
-    issuer = check.string(table.get("issuer"), "identity.issuer")
-    if issuer is None:
-        check.error("identity.issuer", "required to verify tokens")
-    audience = tuple(check.strings(table.get("audience"), "identity.audience"))
-    if not audience:
-        check.error("identity.audience", "required to verify tokens")
-    source = (check.string(table.get("source"), "identity.source") or "authorization").lower()
-    if not (source == "authorization" or re.fullmatch(r"(header|cookie):[!#$%&'*+.^_`|~0-9A-Za-z-]+", source)):
-        check.error("identity.source", f"{source!r} is not 'authorization', 'header:<name>' or 'cookie:<name>'")
-    url = check.string(table.get("jwks_url"), "identity.jwks_url")
-    if url is not None and not re.fullmatch(
-        r"https://[^\s]+|http://(127\.0\.0\.1|localhost|\[::1\])(:\d+)?/[^\s]*", url
-    ):
-        check.error("identity.jwks_url", f"{url!r} must be https:// (plain http only on loopback): keys are trust")
-    level = check.string(table.get("min_assurance"), "identity.min_assurance")
-    if level is not None and not any(level in scale for scale in ASSURANCE_LEVELS):
-        known = ", ".join(lv for scale in ASSURANCE_LEVELS for lv in scale)
-        check.error("identity.min_assurance", f"{level!r} is not a known assurance level ({known})")
-
-    def path(key: str) -> Path | None:
-        value = check.string(table.get(key), f"identity.{key}")
-        if value is None:
-            return None
-        full = base_dir / value if base_dir and not Path(value).is_absolute() else Path(value)
-        if not full.is_file():
-            check.error(f"identity.{key}", f"{full}: no such file")
-        return full
-
-    required = tuple(check.strings(table.get("required_claims", ["exp", "iss", "aud"]), "identity.required_claims"))
-    if "exp" not in required:
-        check.error("identity.required_claims", "must include 'exp': a token without expiry is never accepted")
-    if check.problems or issuer is None:
-        return None
-    return TokenConfig(
-        issuer=issuer,
-        audience=audience,
-        algorithms=algorithms,
-        source=source,
-        jwks_url=url,
-        jwks_file=path("jwks_file"),
-        public_key_file=path("public_key_file"),
-        hmac_secret_env=secret_env,
-        leeway_seconds=_default(check.integer(table.get("leeway_seconds"), "identity.leeway_seconds", 0), 30),
-        required_claims=required,
-        min_assurance=level,
-        trust_frameworks=tuple(check.strings(table.get("trust_frameworks"), "identity.trust_frameworks")),
-        max_verification_age_days=check.integer(
-            table.get("max_verification_age_days"), "identity.max_verification_age_days"
-        ),
-        max_token_bytes=check.integer(table.get("max_token_bytes"), "identity.max_token_bytes") or 8192,
-        jwks_refresh_seconds=check.integer(table.get("jwks_refresh_seconds"), "identity.jwks_refresh_seconds") or 300,
-        claim_names=names,
-    )
-
-
-def _default(value: int | None, default: int) -> int:
-    return default if value is None else value
-
-
-def _reference(file: str | None, base_dir: Path | None, check: _Checker) -> ReferenceData:
+def _reference(file: str | None, base_dir: Path | None, check: Checker) -> ReferenceData:
     if file is None:
         return load_reference()
     path = base_dir / file if base_dir and not Path(file).is_absolute() else Path(file)
@@ -506,7 +308,7 @@ def _reference(file: str | None, base_dir: Path | None, check: _Checker) -> Refe
         return load_reference()
 
 
-def _known_class(name: str, path: str, classes: Mapping[str, ClassPolicy], check: _Checker) -> None:
+def _known_class(name: str, path: str, classes: Mapping[str, ClassPolicy], check: Checker) -> None:
     if classes and name not in classes:
         close = difflib.get_close_matches(name, list(classes), n=1, cutoff=0.5)
         hint = f"; did you mean {close[0]!r}?" if close else f" (defined: {', '.join(classes)})"
@@ -514,7 +316,7 @@ def _known_class(name: str, path: str, classes: Mapping[str, ClassPolicy], check
 
 
 def _class(
-    name: str, raw: Any, default_mode: str, resolver: GroupResolver, check: _Checker, errors: list[str]
+    name: str, raw: Any, default_mode: str, resolver: GroupResolver, check: Checker, errors: list[str]
 ) -> ClassPolicy | None:
     path = f'classes."{name}"' if not re.fullmatch(r"[A-Za-z0-9_-]+", name) else f"classes.{name}"
     table = check.table(raw, path, _CLASS_KEYS)
@@ -548,7 +350,7 @@ def _class(
     )
 
 
-def _persons(raw: Any, path: str, resolver: GroupResolver, check: _Checker, errors: list[str]) -> PersonRule:
+def _persons(raw: Any, path: str, resolver: GroupResolver, check: Checker, errors: list[str]) -> PersonRule:
     if isinstance(raw, str):
         kind = check.string(raw, path, ("any", "us_only"))
         return PersonRule(kind or "us_only")  # an invalid value is reported; compile the strict choice
@@ -582,7 +384,7 @@ def _persons(raw: Any, path: str, resolver: GroupResolver, check: _Checker, erro
     )
 
 
-def _route(i: int, raw: Any, classes: Mapping[str, ClassPolicy], check: _Checker) -> RouteRule | None:
+def _route(i: int, raw: Any, classes: Mapping[str, ClassPolicy], check: Checker) -> RouteRule | None:
     path = f"routes[{i}]"
     table = check.table(raw, path, _ROUTE_KEYS)
     if not isinstance(raw, dict):
