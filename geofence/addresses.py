@@ -36,6 +36,8 @@ _V4_MAX: Final = V4_BASE | 0xFFFFFFFF
 _MAX_TEXT: Final = 64  # longest IPv6 text (45) plus a generous zone id
 _NAT64: Final = 0x64FF9B << 64  # 64:ff9b::/96 shifted right by 32 bits
 _ZONE: Final = re.compile(r"[A-Za-z0-9_.-]{1,32}")  # interface names and numeric zone ids, nothing else
+# IPv6 blocks whose addresses carry an IPv4 address (see _unwrap): (block, prefix, lowest bit of the IPv4 address).
+_CARRIERS: Final = ((V4_BASE, 96, 0), (_NAT64 << 32, 96, 0), (0x2002 << 112, 16, 80))
 
 _inet_pton = socket.inet_pton
 _inet_ntop = socket.inet_ntop
@@ -84,20 +86,23 @@ def parse_address(text: str) -> Address:
     address (leading zeros, short forms, brackets, ports, whitespace) raises :class:`InvalidAddressError`:
     guessing what a malformed address meant is how allow/deny filters get bypassed.
     """
+    return key_address(_unwrap(_literal_key(text)[0]))
+
+
+def _literal_key(text: str) -> tuple[int, int]:
+    """The key of address *text* as written (not unwrapped) and the family it was written in."""
     if type(text) is not str:
         raise InvalidAddressError(f"expected an IP address string, got {type(text).__name__}")
     try:
         if ":" not in text:
-            key = V4_BASE | _from_bytes(_inet_pton(_AF_INET, text), "big")
-        else:
-            address, _, zone = text.partition("%")
-            if "%" in text and not _ZONE.fullmatch(zone):
-                raise OSError
-            key = _unwrap(_from_bytes(_inet_pton(_AF_INET6, address), "big"))
+            return V4_BASE | _from_bytes(_inet_pton(_AF_INET, text), "big"), 4
+        address, _, zone = text.partition("%")
+        if "%" in text and not _ZONE.fullmatch(zone):
+            raise OSError
+        return _from_bytes(_inet_pton(_AF_INET6, address), "big"), 6
     except (OSError, ValueError):  # ValueError: embedded NUL
         shown = text if len(text) <= _MAX_TEXT else text[:_MAX_TEXT] + "..."
         raise InvalidAddressError(f"{shown!r} is not a valid IP address") from None
-    return key_address(key)
 
 
 def key_address(key: int) -> Address:
@@ -216,17 +221,43 @@ def special_range(key: int) -> tuple[SpecialRange | None, int, int]:
 def parse_network(text: str) -> tuple[int, int, str]:
     """A CIDR (or single address) as an inclusive key range (with its text); strict about host bits.
 
-    Raises ValueError with a message fit for a policy problem."""
-    address, _, bits = text.partition("/")
+    The range is in the space addresses are keyed in, so an IPv6 network that carries IPv4 means the IPv4
+    network it carries (``::ffff:10.0.0.0/104``, ``64:ff9b::a00:0/104`` and ``2002:a00::/24`` are all
+    ``10.0.0.0/8``): its addresses are unwrapped before they are matched, so any other reading would silently
+    match nothing. Networks that cannot be one range after unwrapping are refused. Raises ValueError with a
+    message fit for a policy problem."""
+    address, slash, bits = text.partition("/")
     try:
-        parsed = parse_address(address)
+        key, version = _literal_key(address)
     except InvalidAddressError:
         raise ValueError(f"{text!r} is not an IP network") from None
-    width = 32 if parsed.version == 4 else 128
-    if bits and not (bits.isdigit() and 0 <= int(bits) <= width):
+    width = 32 if version == 4 else 128
+    if slash and not (bits.isascii() and bits.isdigit() and int(bits) <= width):
         raise ValueError(f"{text!r}: prefix length must be 0-{width}")
-    prefix = int(bits) if bits else width
-    span = (1 << (width - prefix)) - 1
-    if parsed.key & span:
+    prefix = (int(bits) if slash else width) + 128 - width  # in the 128-bit key space
+    span = (1 << (128 - prefix)) - 1
+    if key & span:
         raise ValueError(f"{text!r} has host bits set (did you mean the network containing it?)")
-    return parsed.key, parsed.key | span, text
+    for block, block_prefix, low_bit in _CARRIERS:
+        if prefix >= block_prefix and key >> (128 - block_prefix) == block >> (128 - block_prefix):
+            v4_prefix = prefix - block_prefix
+            if v4_prefix > 32:  # inside one 6to4 site: every address in it is the same IPv4 address
+                site = format_network(key, block_prefix + 32)
+                v4 = key_address(_unwrap(key)).text
+                raise ValueError(
+                    f"{text!r} is inside the 6to4 site {site}, whose addresses are all matched as the IPv4 "
+                    f"address {v4} they carry: write {v4!r} (or {site!r})"
+                )
+            first = V4_BASE | ((key >> low_bit) & 0xFFFFFFFF)
+            return first, first | ((1 << (32 - v4_prefix)) - 1), text
+        if (
+            prefix < block_prefix
+            and block >> (128 - prefix) == key >> (128 - prefix)
+            and not key <= V4_BASE <= key | span
+        ):
+            raise ValueError(
+                f"{text!r} contains {format_network(block, block_prefix)}, whose addresses are matched as the IPv4 "
+                "address they carry, so it cannot be one range: list the rest of it as smaller networks, and the "
+                "IPv4 networks you mean"
+            )
+    return key, key | span, text

@@ -102,10 +102,14 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--ip", required=True, help="the client address")
     what = check.add_mutually_exclusive_group()
     what.add_argument("--class", dest="export_class", metavar="CLASS", help="decide for this export class directly")
-    what.add_argument("--path", help="classify this request path with the policy's routes")
+    what.add_argument("--path", help="classify this request path (and ?query) with the policy's routes")
     check.add_argument("--method", default="GET", help="request method for --path (default GET)")
     check.add_argument("--host", default="", help="request host for --path")
-    check.add_argument("--body", help="request body (JSON text) for routes that classify by body")
+    check.add_argument("--root-path", default="", help="the ASGI root_path (mount prefix) --path includes")
+    check.add_argument("--body", help="request body (JSON text) for routes that classify by JSON body")
+    check.add_argument(
+        "--header", action="append", default=[], metavar="NAME:VALUE", help="a request header; repeat for several"
+    )
     who = check.add_mutually_exclusive_group()
     who.add_argument("--claims", help="already-verified identity claims, as a JSON object")
     who.add_argument("--token", help="an identity token, verified with the policy's [identity] settings")
@@ -315,25 +319,42 @@ def _check(args: argparse.Namespace) -> int:
         export_class = args.export_class
         trace.append(f"class: {export_class} (given)")
     else:
-        path = args.path or "/"
-        request.update(method=args.method.upper(), host=args.host, path=path)
-        route = policy.routes.classify(args.method, args.host, path)
-        if route.body is not None:
-            export_class, why = route.body.classify(args.body.encode() if args.body is not None else b"")
-        else:
-            export_class, why = route.export_class, route.describe()
+        from urllib.parse import unquote
+
+        target = args.path or "/"
+        path, _, query = target.partition("?")
+        request.update(method=args.method.upper(), host=args.host, path=target)
+        route = policy.routes.classify(args.method, args.host, unquote(path), args.root_path)  # as servers decode
+        body = args.body.encode() if args.body is not None else b""
+        headers = [
+            (n.strip().lower().encode(), v.strip().encode()) for n, _, v in (h.partition(":") for h in args.header)
+        ]
+        classes = [
+            r.params.classify(body, query.encode(), headers) if r.params is not None else (r.export_class, r.describe())
+            for r in (route, *route.also)
+        ]
+        export_class, why = classes[0]
         trace.append(f"class: {export_class} ({why})")
+        trace.extend(f"another spelling the app may route is {c} ({w}): it must pass too" for c, w in classes[1:])
         route_exempt = route.exempt
     exempt = policy.exempt_network(address.key) or (route_exempt if args.export_class is None else None)
     identity, problem = None, None
     if claims is not None:
         try:
-            identity = identity_from_claims(claims, policy.claim_names)
+            tokens = policy.tokens  # the same rules as for a token: which claims count, which evidence is needed
+            if tokens is not None:
+                identity = identity_from_claims(
+                    claims, policy.claim_names, top_level=tokens.top_level_claims, requirements=tokens.requirements
+                )
+            else:
+                identity = identity_from_claims(claims, policy.claim_names)
         except IdentityError as exc:
             problem = f"identity claims rejected: {exc}"
     elif args.token is not None:
         identity, problem = _verify_token(policy, args.token)
         trace.append(f"token: {'verified' if identity is not None else problem}")
+    if identity is not None:
+        trace.append(f"claims used: {identity.describe_source()}")
     with policy.locator() as locator:
         try:
             location = locator.lookup_key(address.key)

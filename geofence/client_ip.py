@@ -3,15 +3,38 @@
 Forwarding headers are attacker-controlled text. They are read only when the peer is in ``[proxies] trusted``,
 only from the one header the operator chose (never a silent fallback to another), and walked right to left:
 each trusted proxy appends the address it saw, so the first untrusted address from the right is the client.
-Anything malformed, withheld (``unknown``, obfuscated ``_identifiers``) or missing from a trusted proxy is a
-*problem*, never "use the peer instead": the caller then has no known location, which fails closed.
+Anything missing, malformed, withheld (``unknown``, obfuscated ``_identifiers``) or oversized from a trusted
+proxy is a *broken* chain, never "use the peer instead": the middleware then denies the request outright.
+
+The peer itself may not be the TCP peer: uvicorn (``--proxy-headers``, on by default for 127.0.0.1) and
+hypercorn's ``ProxyFixMiddleware`` replace ``scope["client"]`` from X-Forwarded-For / Forwarded before we run,
+by their own rules. So an untrusted peer that is *listed* in X-Forwarded-For, Forwarded or the configured
+header (compared as parsed addresses, every parseable entry) is taken as a server rewrite, and accepted only
+if ``[proxies]`` agrees: the configured header, walked strictly through ``[proxies] trusted``, names exactly
+that address. Otherwise the chain is broken. A peer listed nowhere is the client; the headers are its noise.
+A peer with no address (an untrusted Unix socket, or a string such as uvicorn's copy of ``1.2.3.4:80``) has
+no location, and is broken when forwarding headers came with it.
+
+What this can and cannot detect. The original TCP peer is gone after a rewrite, so we cannot tell a rewrite
+made for a trusted proxy from one made for anyone the server trusts (``--forwarded-allow-ips="*"``, or
+ProxyFix, which trusts by hop count). Detected: a server that trusts more than ``[proxies]`` and shows it, by
+picking an address our walk would not (``"*"`` takes the leftmost of several untrusted entries); a server
+that rewrote from a header other than the configured one, when the configured header is absent or names
+someone else; any rewrite when ``[proxies]`` trusts nothing; unparseable entries (skipped, never "no
+evidence"). Not detected: (1) a server that trusted a direct client and rewrote to exactly the entry our
+own walk of the configured header picks: a forged entry with only ``[proxies] trusted`` addresses right of it,
+typically a single ``X-Forwarded-For: X`` (with ``header = "forwarded"`` the client must also send a matching
+``Forwarded: for=X``); (2) a rewrite to an address inside ``[proxies] trusted`` (we then walk its header as a
+proxy's); (3) a rewrite from a header we do not watch (X-Real-IP, ...) that is not the configured one.
+Hence the README's advice: ``--no-proxy-headers``, or ``--forwarded-allow-ips`` equal to ``[proxies] trusted``.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, Final, NamedTuple
 
 from .addresses import address_key
@@ -21,31 +44,55 @@ __all__ = ["ClientAddress", "ProxyConfig", "resolve_client"]
 
 UNIX: Final = "unix"
 """``[proxies] trusted`` entry that trusts a peer on a Unix socket (``scope["client"]`` is None)."""
-_MAX_HOPS: Final = 32
+_XFF: Final = b"x-forwarded-for"
+_FORWARDED: Final = b"forwarded"
 _TOKEN: Final = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
 # RFC 7239: pair = token "=" ( token / quoted-string ); IPv6 and ports need quoting.
 _FORWARDED_PAIR: Final = re.compile(rf'\s*({_TOKEN})=({_TOKEN}|"(?:[^"\\]|\\.)*")\s*')
+_PORT: Final = re.compile(r"[0-9]{1,5}|_[A-Za-z0-9._-]+")  # RFC 7239 node-port: port / obfport
+_OBFUSCATED: Final = re.compile(r"_[A-Za-z0-9._-]+")  # RFC 7239 obfnode
+# Any for= value, however malformed the rest of the field: only used to find evidence of a rewrite.
+_ANY_FOR: Final = re.compile(r'for\s*=\s*"?\s*([^\s,;"]*)', re.IGNORECASE)
+_FIX: Final = (
+    "run the server without proxy headers (uvicorn --no-proxy-headers, no hypercorn ProxyFixMiddleware), "
+    "or set [proxies] to match what it trusts (uvicorn --forwarded-allow-ips)"
+)
 
 
 class ClientAddress(NamedTuple):
-    """The resolved client: its address key, the text it came from, or why it could not be resolved."""
+    """The resolved client: its address key and the text it came from, or why it could not be resolved.
+
+    ``broken`` marks a result the middleware must deny even where unknown locations are allowed: a proxy
+    chain we cannot read, or a server rewrite we cannot verify. ``text`` is set exactly when ``key`` is."""
 
     key: int | None
     text: str | None
     problem: str | None = None
     via: str = "peer"  # "peer" | the header it came from | "server" (scope["client"] rewritten by the server)
+    broken: bool = False
 
 
 @dataclass(frozen=True)
 class ProxyConfig:
-    """Trusted proxies (inclusive key ranges) and the one header they set."""
+    """Trusted proxies (inclusive key ranges), the one header they set, and how long it may be."""
 
     trusted: tuple[tuple[int, int], ...] = ()
     header: str = "x-forwarded-for"
     trust_unix: bool = False
+    max_header_bytes: int = 4096
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "header", self.header.lower())
+
+    @cached_property
+    def watched(self) -> tuple[bytes, ...]:
+        """Headers the middleware collects: the configured one first, then those servers rewrite from."""
+        return tuple(dict.fromkeys((self.header.encode("latin-1"), _XFF, _FORWARDED)))
 
     @classmethod
-    def from_networks(cls, networks: Iterable[tuple[int, int, str]], header: str) -> ProxyConfig:
+    def from_networks(
+        cls, networks: Iterable[tuple[int, int, str]], header: str, max_header_bytes: int = 4096
+    ) -> ProxyConfig:
         ranges = []
         unix = False
         for first, last, text in networks:
@@ -53,7 +100,7 @@ class ProxyConfig:
                 unix = True
             else:
                 ranges.append((first, last))
-        return cls(tuple(sorted(ranges)), header.lower(), unix)
+        return cls(tuple(sorted(ranges)), header, unix, max_header_bytes)
 
     def is_trusted(self, key: int) -> bool:
         for first, last in self.trusted:
@@ -62,23 +109,95 @@ class ProxyConfig:
         return False
 
 
-def _parse_node(text: str) -> int:
-    """An address from a forwarding header: IPv4 or IPv6, optionally with a port or brackets."""
+def resolve_client(scope: Mapping[str, Any], config: ProxyConfig, headers: Mapping[bytes, bytes]) -> ClientAddress:
+    """Resolve the client of *scope*. *headers* maps each of ``config.watched`` present in the request to all
+    its lines joined with commas."""
+    client = scope.get("client")
+    if client is None:
+        if config.trust_unix:
+            return _from_proxy(config, headers)
+        return _no_address("no client address (Unix socket peer not in [proxies] trusted)", headers)
+    peer_text = client[0]
+    try:
+        peer_key = address_key(peer_text)
+    except InvalidAddressError:
+        return _no_address(f"the server reported an invalid client address {str(peer_text)[:60]!r}", headers)
+    if config.is_trusted(peer_key):
+        return _from_proxy(config, headers)
+    if not headers:
+        return ClientAddress(peer_key, peer_text)
+    return _check_server_rewrite(peer_key, peer_text, config, headers)
+
+
+def _broken(problem: str) -> ClientAddress:
+    return ClientAddress(None, None, problem, broken=True)
+
+
+def _no_address(problem: str, headers: Mapping[bytes, bytes]) -> ClientAddress:
+    """A peer without an address has no location; with forwarding headers it is broken instead: a proxy nobody
+    trusted sent them, or a server put a value from them in ``scope["client"]`` (uvicorn copies any entry)."""
+    if headers:
+        return _broken(f"{problem}, with forwarding headers")
+    return ClientAddress(None, None, problem)
+
+
+def _from_proxy(config: ProxyConfig, headers: Mapping[bytes, bytes]) -> ClientAddress:
+    """The client a trusted proxy names in the configured header (``watched[0]``)."""
+    value = headers.get(config.watched[0])
+    if value is None:
+        return _broken(f"trusted proxy sent no {config.header} header")
+    if len(value) > config.max_header_bytes:
+        return _broken(f"{config.header} is longer than {config.max_header_bytes} bytes")
+    return _walk(value.decode("latin-1"), config)
+
+
+def _walk(value: str, config: ProxyConfig) -> ClientAddress:
+    header = config.header
+    try:
+        if header == "x-forwarded-for":
+            nodes = [stripped for part in value.split(",") if (stripped := part.strip())]
+        elif header == "forwarded":
+            nodes = _forwarded_nodes(value)
+        else:  # a single-value header such as cf-connecting-ip or true-client-ip
+            if "," in value:
+                raise InvalidAddressError(f"{header} must hold one address, got {value[:60]!r}")
+            nodes = [stripped] if (stripped := value.strip()) else []
+        if not nodes:
+            raise InvalidAddressError("empty")
+        for node in reversed(nodes):
+            key = _node_key(node, bracketed_ipv6=header == "forwarded")
+            if key is None:
+                return _broken(f"a proxy withheld the client address ({node[:40]!r} in {header})")
+            if not config.is_trusted(key):
+                return ClientAddress(key, node, via=header)
+        return ClientAddress(key, node, via=header)  # every hop is a trusted proxy: the leftmost started it
+    except InvalidAddressError as exc:
+        return _broken(f"malformed {header}: {_short(str(exc))}")
+
+
+def _node_key(text: str, bracketed_ipv6: bool) -> int | None:
+    """The key of a forwarding-header node (address, optional port, IPv6 in brackets), or None when the
+    proxy withheld it (``unknown``, an obfuscated ``_identifier``). RFC 7239 requires the brackets around
+    IPv6 (*bracketed_ipv6*); X-Forwarded-For has no standard, and proxies write bare IPv6 there."""
     if text.startswith("["):
         host, sep, rest = text[1:].partition("]")
-        if not sep or (rest and not (rest.startswith(":") and rest[1:].isdigit())):
-            raise InvalidAddressError(text)
+        if not sep or ":" not in host or (rest and not (rest[0] == ":" and _PORT.fullmatch(rest, 1))):
+            raise InvalidAddressError(f"{text[:60]!r} is not an address")
         return address_key(host)
-    if text.count(":") == 1:  # IPv4 with a port
-        host, _, port = text.partition(":")
-        if not port.isdigit():
-            raise InvalidAddressError(text)
-        text = host
-    return address_key(text)
-
-
-def _xff_nodes(value: str) -> list[str]:
-    return [part.strip() for part in value.split(",") if part.strip()]
+    host = text
+    if ":" in text:
+        if text.count(":") == 1:  # IPv4 (or unknown / an obfuscated node) with a port
+            host, _, port = text.partition(":")
+            if not _PORT.fullmatch(port):
+                raise InvalidAddressError(f"{text[:60]!r} has an invalid port")
+        elif bracketed_ipv6:
+            raise InvalidAddressError(f'IPv6 {text[:60]!r} must be bracketed: for="[{text[:60]}]"')
+    try:
+        return address_key(host)
+    except InvalidAddressError:
+        if host.lower() == "unknown" or _OBFUSCATED.fullmatch(host):
+            return None
+        raise
 
 
 def _forwarded_nodes(value: str) -> list[str]:
@@ -130,85 +249,50 @@ def _split_elements(value: str) -> list[str]:
     return [e for e in elements if e]
 
 
-def resolve_client(scope: Mapping[str, Any], config: ProxyConfig, header: bytes | None) -> ClientAddress:
-    """Resolve the client of *scope*. *header* is the configured header, its lines joined with commas."""
-    client = scope.get("client")
-    peer_text = client[0] if client else None
-    if peer_text is None:
-        if not config.trust_unix:
-            return ClientAddress(None, None, "no client address (Unix socket peer not in [proxies] trusted)")
-        peer_key = None
+def _check_server_rewrite(
+    peer_key: int, peer_text: str, config: ProxyConfig, headers: Mapping[bytes, bytes]
+) -> ClientAddress:
+    """An untrusted peer with forwarding headers: a client's own noise, or a server that already replaced
+    ``scope["client"]`` from one of them (see the module docstring)."""
+    for name in config.watched:
+        value = headers.get(name)
+        if value is None:
+            continue
+        if len(value) > config.max_header_bytes:
+            return _broken(
+                f"{name.decode('latin-1')} is longer than {config.max_header_bytes} bytes, so whether the server "
+                "replaced the client address from it cannot be checked"
+            )
+        if peer_key in _listed(value.decode("latin-1"), name):
+            break
     else:
+        return ClientAddress(peer_key, peer_text)  # listed nowhere: the peer is the client
+    shown = f"the server replaced the client address with {str(peer_text)[:60]!r} from a forwarding header"
+    if not config.trusted:
+        return _broken(f"{shown}, but [proxies] trusts no proxy address: {_FIX}")
+    if config.watched[0] not in headers:
+        return _broken(f"{shown}, but the request has no {config.header} header ([proxies] header): {_FIX}")
+    ours = _from_proxy(config, headers)
+    if ours.key == peer_key:
+        return ClientAddress(peer_key, peer_text, via="server")
+    why = f"({ours.problem})" if ours.broken else f"({config.header} through [proxies] trusted names {ours.text!r})"
+    return _broken(f"{shown}, but [proxies] disagrees {why}: {_FIX}")
+
+
+def _listed(value: str, name: bytes) -> Iterator[int]:
+    """Every address a server could have taken from header *name*, parsed leniently: entries we cannot parse
+    are skipped, so one bad entry cannot hide the rest."""
+    if name == _FORWARDED:
+        candidates: Iterable[str] = (match.group(1) for match in _ANY_FOR.finditer(value))
+    else:
+        candidates = (part.strip() for part in value.split(","))
+    for candidate in candidates:
         try:
-            peer_key = address_key(peer_text)
+            key = _node_key(candidate, bracketed_ipv6=False)
         except InvalidAddressError:
-            return ClientAddress(None, peer_text, f"the server reported an invalid client address {peer_text[:60]!r}")
-        if not config.is_trusted(peer_key):
-            if header is not None and config.trusted:
-                return _check_server_rewrite(peer_key, peer_text, config, header)
-            return ClientAddress(peer_key, peer_text)
-    # The peer is a trusted proxy: its header names the client.
-    if header is None:
-        return ClientAddress(None, None, f"trusted proxy sent no {config.header} header")
-    try:
-        return _walk(header.decode("latin-1"), config)
-    except InvalidAddressError as exc:
-        return ClientAddress(None, None, f"malformed {config.header} from trusted proxy: {_short(str(exc))}")
-
-
-def _walk(value: str, config: ProxyConfig) -> ClientAddress:
-    header = config.header
-    if header == "x-forwarded-for":
-        nodes = _xff_nodes(value)
-    elif header == "forwarded":
-        nodes = _forwarded_nodes(value)
-    else:  # a single-value header such as cf-connecting-ip or true-client-ip
-        nodes = [value.strip()]
-        if "," in value:
-            raise InvalidAddressError(f"{header} must hold one address, got {value[:60]!r}")
-    if not nodes:
-        raise InvalidAddressError("empty")
-    if len(nodes) > _MAX_HOPS:
-        nodes = nodes[-_MAX_HOPS:]  # an attacker may pad the left; the trusted hops are on the right
-    for node in reversed(nodes):
-        if node.lower() == "unknown" or node.startswith("_"):
-            return ClientAddress(None, None, f"a proxy withheld the client address ({node[:40]!r} in {header})")
-        key = _parse_node(node)
-        if not config.is_trusted(key):
-            return ClientAddress(key, node, via=header)
-    # Every hop is a trusted proxy: the leftmost is where the request started.
-    key = _parse_node(nodes[0])
-    return ClientAddress(key, nodes[0], via=header)
-
-
-def _check_server_rewrite(peer_key: int, peer_text: str, config: ProxyConfig, header: bytes) -> ClientAddress:
-    """An untrusted peer with a forwarding header: either a client sending its own header (ignored), or a
-    server that already replaced ``scope["client"]`` from the header (uvicorn ``--proxy-headers``).
-
-    A server rewrite is accepted only when it agrees with our own walk of the header; a server that trusts
-    more than ``[proxies] trusted`` (``--forwarded-allow-ips="*"`` takes the *leftmost* address, which the
-    client controls) disagrees, and that fails closed.
-    """
-    try:
-        value = header.decode("latin-1")
-        ours = _walk(value, config)
-        listed = {_parse_node(n) for n in _nodes_lenient(value, config.header)}
-    except InvalidAddressError:
-        return ClientAddress(peer_key, peer_text)  # the peer itself is known; its header is just noise
-    if peer_key not in listed or ours.key == peer_key:
-        return ClientAddress(peer_key, peer_text, via="server" if peer_key in listed else "peer")
-    return ClientAddress(
-        None,
-        peer_text,
-        "the server replaced the client address from a forwarding header it trusts more than [proxies] trusted "
-        "(run the server without proxy headers, or with the same trusted proxies)",
-    )
-
-
-def _nodes_lenient(value: str, header: str) -> list[str]:
-    if header == "forwarded":
-        return [n for n in _forwarded_nodes(value) if n.lower() != "unknown" and not n.startswith("_")]
-    return [n for n in _xff_nodes(value) if n.lower() != "unknown"]
+            continue
+        if key is not None:
+            yield key
 
 
 def _short(text: str) -> str:

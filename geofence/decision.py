@@ -14,6 +14,8 @@ Rules, all evaluated so that a denial lists every reason:
   15 CFR 734.13(b)). Verified U.S. persons are not foreign persons, so nationality lists skip them unless
   ``check_us_persons``. A class that needs an identity and has none is denied with 401.
 * anonymizer: ``anonymizers = "deny"`` refuses VPNs, Tor, hosting providers and proxies.
+* client address: a broken proxy chain (``client_address_invalid``) denies every class that restricts anyone:
+  it is not an unknown location but a request whose origin cannot be trusted.
 
 Status: 503 when the decision could not be made, else 451 for any legal block, else 401 when only identity is
 missing or invalid, else 200. Report mode turns a denial into an allow that still carries its reasons.
@@ -38,6 +40,8 @@ IDENTITY_REQUIRED: Final = "identity_required"
 IDENTITY_INVALID: Final = "identity_invalid"
 ANONYMIZER: Final = "anonymizer"
 LOCATION_UNKNOWN: Final = "location_unknown"
+CLIENT_ADDRESS_INVALID: Final = "client_address_invalid"
+CLIENT_PREFIX: Final = "client address cannot be trusted: "
 EXEMPT: Final = "exempt"
 REPORT_ONLY: Final = "report_only"
 ERROR: Final = "error"
@@ -94,13 +98,17 @@ def decide(
     *,
     identity_problem: str | None = None,
     location_problem: str | None = None,
+    client_problem: str | None = None,
     exempt: str | None = None,
     trace: list[str] | None = None,
 ) -> Decision:
     """Decide one request. Never raises: a failure to decide is a 503 denial.
 
     *identity_problem* says why a presented identity was rejected (bad signature, expired, malformed claims);
-    *location_problem* why there is no location (e.g. a malformed forwarding header from a trusted proxy);
+    *location_problem* why there is no location (a private address, a Unix socket peer);
+    *client_problem* why the client address cannot be trusted (a broken proxy chain: a malformed or withheld
+    forwarding header from a trusted proxy, a server rewrite geofence cannot verify) — denied on every class
+    that restricts anyone, even where ``unknown_location = "allow"``;
     *exempt* names the ``[exempt]`` entry that matched, if any; *trace* collects a readable account of every
     rule for ``geofence check``.
     """
@@ -113,7 +121,12 @@ def decide(
                 True, 200, export_class, cls.mode, (Reason(EXEMPT, exempt),), policy.version, location, identity
             )
         reasons: list[Reason] = []
-        _location_rule(policy, cls, location, location_problem, reasons, trace)
+        if client_problem is not None:
+            if cls.restricted:
+                reasons.append(Reason(CLIENT_ADDRESS_INVALID, CLIENT_PREFIX + client_problem))
+            if trace is not None:
+                trace.append(f"client address: {client_problem}; denied on classes that restrict anyone")
+        _location_rule(policy, cls, location, location_problem or client_problem, reasons, trace)
         _person_rule(cls.persons, identity, identity_problem, reasons, trace)
         _anonymizer_rule(cls, location, reasons, trace)
     except Exception as exc:  # fail closed: an error is never an allow

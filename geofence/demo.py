@@ -78,14 +78,13 @@ def mint_token(
         "sub": subject,
         "iat": now,
         "exp": now + ttl,
-        "us_person": us_person,
         "verified_claims": {
             "verification": {
                 "trust_framework": "geofence_demo",
                 "assurance_level": "ial2",
                 "time": datetime.fromtimestamp(now, UTC).isoformat().replace("+00:00", "Z"),
             },
-            "claims": {"nationalities": nationalities},
+            "claims": {"nationalities": nationalities, "us_person": us_person},
         },
     }
     return str(jwt.encode(claims, private.read_bytes(), algorithm="ES256", headers={"kid": "geofence-demo"}))
@@ -288,8 +287,8 @@ def _token_summary(step: Step) -> str:
         claims = jwt.decode(token, options={"verify_signature": False})
     except jwt.DecodeError:
         return "malformed"
-    nationalities = claims.get("verified_claims", {}).get("claims", {}).get("nationalities", [])
-    return f"us_person={claims.get('us_person')}, nationalities={','.join(nationalities)}"
+    verified = claims.get("verified_claims", {}).get("claims", {})
+    return f"us_person={verified.get('us_person')}, nationalities={','.join(verified.get('nationalities', []))}"
 
 
 def tour(config: str | None = None, out: TextIO = sys.stdout, steps: list[Step] | None = None) -> int:

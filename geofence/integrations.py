@@ -11,7 +11,7 @@ import functools
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any, TypeVar
 
-from .decision import Decision, decide, error_decision
+from .decision import CLIENT_ADDRESS_INVALID, CLIENT_PREFIX, LOCATION_UNKNOWN, Decision, decide, error_decision
 from .middleware import MIDDLEWARE_KEY, POLICY_KEY, STATE_KEY
 
 __all__ = ["GeofenceDenied", "check_class", "install_handler", "require_class", "requires_class"]
@@ -45,10 +45,13 @@ def check_class(scope: MutableMapping[str, Any], export_class: str) -> Decision:
     if identity is None and problem is None and middleware is not None:
         # The route's own class needed no identity, so the middleware did not read one: read it now.
         identity, problem = middleware.identity_of(scope)
-    location_problem = next((r.detail for r in current.reasons if r.code == "location_unknown"), None)
+    location_problem = next((r.detail for r in current.reasons if r.code == LOCATION_UNKNOWN), None)
+    client_problem = next(
+        (r.detail.removeprefix(CLIENT_PREFIX) for r in current.reasons if r.code == CLIENT_ADDRESS_INVALID), None
+    )
     return decide(
         policy, export_class, current.location, identity,
-        identity_problem=problem, location_problem=location_problem, exempt=exempt,
+        identity_problem=problem, location_problem=location_problem, client_problem=client_problem, exempt=exempt,
     )  # fmt: skip
 
 

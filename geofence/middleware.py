@@ -21,22 +21,22 @@ import dataclasses
 import logging
 import os
 import threading
-from collections import Counter
-from collections.abc import Awaitable, Callable, Mapping, MutableMapping
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping
 from pathlib import Path
-from typing import Any, Final, NamedTuple
+from typing import Any, Final
 
-from .client_ip import ProxyConfig, resolve_client
-from .decision import Decision, decide, error_decision
+from .asgi import buffer_body, expiring_websocket, header, private_responses, refuse_lifespan, send_denial
+from .client_ip import resolve_client
+from .decision import ERROR, Decision, Reason, decide, error_decision
 from .errors import GeofenceError
 from .identity import Identity, IdentityError
-from .location import Location
-from .locator import Locator
-from .policy import Policy, load_policy, parse_policy
+from .policy import Policy
+from .recording import DecisionRecorder, printable
+from .request import Refused, RequestFacts, read_request
 from .responses import DenialResponse, ResponseConfig, denial_response
 from .routes import Route
-from .tokens import TokenVerifier, token_from_scope
+from .state import Front, State, Where, build_state, signature
+from .tokens import token_from_scope
 
 __all__ = ["GeofenceMiddleware", "IdentityResolver"]
 
@@ -49,60 +49,13 @@ IdentityResolver = Callable[[Scope], Identity | None]
 """Returns the caller's verified identity, None for none, or raises IdentityError for a rejected one."""
 
 log = logging.getLogger("geofence")
-decisions_log = logging.getLogger("geofence.decision")
 
 STATE_KEY: Final = "geofence"
 POLICY_KEY: Final = "geofence.policy"
 MIDDLEWARE_KEY: Final = "geofence.middleware"
-_DECISION_CACHE_LIMIT: Final = 65_536
-_CLIENT_CACHE_LIMIT: Final = 16_384
-_FRONT_CACHE_LIMIT: Final = 16_384
 _INTERNAL_ERROR_CLASS: Final = "unknown"
-
-
-class _Refused(Exception):
-    """A request geofence will not classify (ambiguous); it is denied without a traceback in the log."""
-
-
-class _Where(NamedTuple):
-    """What is known per (peer, forwarding header): the client's location or why there is none."""
-
-    location: Location | None
-    problem: str | None
-    exempt: str | None
-
-
-class _Front(NamedTuple):
-    """What the front cache keeps per (method, path, host, peer, forwarding header)."""
-
-    route: Route
-    where: _Where
-    decision: Decision | None
-    """The decision, when identity and body play no part (most requests): the warm path ends here."""
-    private: bool
-    """Whether an allowed response must be marked private for shared caches."""
-
-
-@dataclass
-class _State:
-    """Everything a request reads, built and validated together, swapped as one reference."""
-
-    policy: Policy
-    locator: Locator
-    proxies: ProxyConfig
-    proxy_header: bytes
-    reads_forwarded: bool
-    needs_host: bool
-    responses: ResponseConfig
-    verifier: TokenVerifier | None
-    identity_classes: frozenset[str]
-    """Classes with a person rule: only their requests resolve an identity."""
-    restricted_classes: frozenset[str]
-    """Classes that deny someone: their allowed responses are marked private for shared caches."""
-    signature: tuple[Any, ...] = ()
-    decisions: dict[tuple[str, int, int, str | None], tuple[Any, Any, Decision]] = field(default_factory=dict)
-    clients: dict[tuple[str | None, bytes | None], _Where] = field(default_factory=dict)
-    front: dict[tuple[str, str, str, str | None, bytes | None], _Front] = field(default_factory=dict)
+_CACHEABLE: Final = frozenset({"GET", "HEAD"})  # what shared caches store without explicit opt-in
+_MAX_WARNINGS: Final = 16
 
 
 class GeofenceMiddleware:
@@ -111,10 +64,12 @@ class GeofenceMiddleware:
     *config* is a policy file path, a parsed :class:`Policy`, a dict in the policy file's shape, or None for
     the bundled example policy. With a file, ``reload=True`` (the default for files) watches it, the
     configured databases and key files, and swaps in a validated new state without a restart; an invalid
-    change is logged and the running policy kept. Identity comes from signed tokens when the policy's
-    ``[identity]`` names a key source, or from *identity*, a resolver your app provides (which then takes
-    precedence). *on_decision* is called with every denial and every report-mode would-be
-    denial, for audit. *deny_response* may return a custom :class:`DenialResponse` (or None for the default).
+    change is logged and the running policy kept. An invalid policy at start never serves: the server's
+    lifespan start-up fails with the reason, and without lifespan every request is answered 503.
+    Identity comes from signed tokens when the policy's ``[identity]`` names a key source, or from
+    *identity*, a resolver your app provides (which then takes precedence). *on_decision* is called with
+    every denial and every report-mode would-be denial, for audit. *deny_response* may return a custom
+    :class:`DenialResponse` (or None for the default).
     """
 
     def __init__(
@@ -132,94 +87,75 @@ class GeofenceMiddleware:
         self._path = Path(config) if isinstance(config, str | os.PathLike) else None
         self._config = config
         self._identity = identity
-        self._on_decision = on_decision
         self._deny_hook = deny_response
-        self.stats: Counter[tuple[str, str, str]] = Counter()
-        """Denials and report-mode would-be denials, by (outcome, export class, reason code)."""
-        self._state = self._build()
+        self.recorder = DecisionRecorder(on_decision)
+        self._warned: set[str] = set()
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
-        if reload if reload is not None else self._path is not None:
-            if self._path is None:
-                raise GeofenceError("reload needs a policy file path")
+        watch = reload if reload is not None else self._path is not None
+        if watch and self._path is None:
+            raise GeofenceError("reload needs a policy file path")
+        self._state: State | None = None
+        self.startup_error: str | None = None
+        """Why the policy could not be loaded at start (the middleware then refuses to serve), or None."""
+        seen = self._signature(None)  # before loading: a change during the load is not missed
+        try:
+            self._state = self._build()
+            seen = self._state.signature
+        except Exception as exc:  # Starlette builds middleware lazily, inside the server: never crash there
+            self.startup_error = f"geofence: invalid configuration, refusing to serve: {_one_line(exc)}"
+            log.error("%s", self.startup_error, exc_info=not isinstance(exc, GeofenceError))
+        if watch:
             self._watcher = threading.Thread(
-                target=self._watch, args=(reload_interval,), name="geofence-reload", daemon=True
+                target=self._watch, args=(reload_interval, seen), name="geofence-reload", daemon=True
             )
             self._watcher.start()
+
+    @property
+    def stats(self) -> Mapping[tuple[str, str, str], int]:
+        """Denials and report-mode would-be denials, by (outcome, export class, reason code)."""
+        return self.recorder.stats
 
     # --- state --------------------------------------------------------------------------------------------
 
     @property
     def policy(self) -> Policy:
         """The policy in force now."""
+        if self._state is None:
+            raise GeofenceError(self.startup_error or "no policy loaded")
         return self._state.policy
 
-    def _build(self) -> _State:
-        config = self._config
-        if isinstance(config, Policy):
-            policy = config
-        elif isinstance(config, Mapping):
-            policy = parse_policy(config)
-        else:
-            policy = load_policy(self._path)
-        signature = self._signature(policy)
-        proxies = ProxyConfig.from_networks(policy.trusted_proxies, policy.proxy_header)
-        return _State(
-            policy=policy,
-            locator=policy.locator(),
-            proxies=proxies,
-            proxy_header=policy.proxy_header.encode("latin-1"),
-            reads_forwarded=bool(proxies.trusted or proxies.trust_unix),
-            needs_host=any(rule.host for rule in policy.routes.rules),
-            responses=ResponseConfig(
-                blocked_by=policy.blocked_by,
-                vary=("Accept", "Authorization", "Cookie", policy.proxy_header.title()),
-                hook=self._deny_hook,
-            ),
-            verifier=TokenVerifier(policy.tokens) if policy.tokens is not None else None,
-            identity_classes=frozenset(name for name, c in policy.classes.items() if c.persons.kind != "any"),
-            restricted_classes=frozenset(
-                name for name, c in policy.classes.items() if c.restricted and policy.private_cache
-            ),
-            signature=signature,
-        )
+    def _build(self) -> State:
+        return build_state(self._config, self._path, self._deny_hook)
 
     def _signature(self, policy: Policy | None) -> tuple[Any, ...]:
-        """What the watcher compares: the policy file and the databases it names, by inode, size and mtime."""
-        paths = [self._path] if self._path is not None else []
-        if policy is not None:
-            paths += [Path(p) for p in policy.databases or ()]
-            paths += list(policy.tokens.key_files if policy.tokens is not None else ())
-        signature: list[tuple[Any, ...]] = []
-        for path in paths:
-            try:
-                st = os.stat(path)
-                signature.append((str(path), st.st_ino, st.st_size, st.st_mtime_ns))
-            except OSError:
-                signature.append((str(path), None))
-        return tuple(signature)
+        return signature(self._path, policy)
 
     def reload(self) -> bool:
         """Re-read the policy file and databases now; True if a new state was swapped in."""
+        old = self._state
+        kept = f"keeping policy {old.policy.version}" if old is not None else "still refusing to serve"
         try:
             state = self._build()
         except GeofenceError as exc:
-            log.error("geofence: keeping policy %s: the new configuration is invalid: %s", self.policy.version, exc)
+            log.error("geofence: %s: the new configuration is invalid: %s", kept, exc)
             return False
         except Exception:  # never let a surprise kill the watcher: later valid edits must still apply
-            log.exception("geofence: keeping policy %s: could not load the new configuration", self.policy.version)
+            log.exception("geofence: %s: could not load the new configuration", kept)
             return False
-        old = self._state
         self._state = state  # one reference assignment: requests see the old state or the new, never a mix
-        if state.policy.version != old.policy.version:
+        if old is None:
+            log.warning("geofence: policy %s loaded; serving", state.policy.version)
+            self.startup_error = None
+        elif state.policy.version != old.policy.version:
             log.warning("geofence: policy %s replaced by %s", old.policy.version, state.policy.version)
         # The old readers are not closed here: a request may still be using them. They close when unreferenced.
         return True
 
-    def _watch(self, interval: float) -> None:
-        seen = self._state.signature
+    def _watch(self, interval: float, seen: tuple[Any, ...]) -> None:
         while not self._stop.wait(interval):
-            current = self._signature(self._state.policy)
+            state = self._state
+            current = self._signature(state.policy if state is not None else None)
             if current != seen:  # a failed reload is not retried until the files change again
                 seen = current
                 self.reload()
@@ -234,48 +170,37 @@ class GeofenceMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
+        state = self._state
         if kind != "http" and kind != "websocket":
+            if state is None and kind == "lifespan":
+                await refuse_lifespan(receive, send, self.startup_error or "geofence: no policy")
+                return
             await self.app(scope, receive, send)
             return
-        state = self._state
+        if state is None:
+            await self._refuse_unconfigured(scope, receive, send)
+            return
+        private = False
         try:
             # One pass over the headers for the few this request needs, then one front-cache lookup that
             # answers route and client location together when this client has asked for this path before.
-            forwarded = None
-            host = ""
-            if state.reads_forwarded or state.needs_host:
-                proxy_header = state.proxy_header
-                for name, value in scope["headers"]:
-                    if name == proxy_header and state.reads_forwarded:
-                        forwarded = value if forwarded is None else forwarded + b"," + value
-                    elif name == b"host" and state.needs_host:
-                        if host:  # servers and frameworks disagree on which copy wins: refuse to guess
-                            raise _Refused("the request has more than one Host header")
-                        host = value.decode("latin-1")
-            client = scope.get("client")
-            method = scope["method"] if kind == "http" else "WEBSOCKET"
-            front_key = (method, scope["path"], host, client[0] if client else None, forwarded)
-            front = state.front.get(front_key)
+            facts = read_request(scope, state.watched, state.policy.routes.needs_host, state.trusted_peer)
+            key = facts.key
+            front = state.front.get(key) if key is not None else None
             if front is None:
-                front = self._front(state, scope, method, host, forwarded)
-                if len(state.front) >= _FRONT_CACHE_LIMIT:
-                    state.front.clear()
-                state.front[front_key] = front
-            decision = front.decision  # set when nothing but the front key can change the answer
+                front = self._front(state, scope, facts)
+                if key is not None:
+                    state.front.put(key, front, facts.size)
+            decision = front.decision  # set when nothing but the request key can change the answer
             private = front.private
             if decision is None:
-                route, where = front.route, front.where
-                if route.body is None and route.also is None:
-                    decision = self._decide(state, scope, route.export_class, route.exempt or where.exempt, where)
-                else:
-                    decision, receive = await self._decide_slow(state, scope, receive, route, where)
-                private = method in _CACHEABLE and decision.export_class in state.restricted_classes
-        except _Refused as exc:
-            decision, private = error_decision(state.policy, _INTERNAL_ERROR_CLASS, str(exc)), False
+                decision, receive = await self._decide_request(state, scope, receive, front)
+                private = facts.method in _CACHEABLE and decision.export_class in state.restricted_classes
+        except Refused as exc:
+            decision = error_decision(state.policy, _INTERNAL_ERROR_CLASS, str(exc))
         except Exception as exc:  # fail closed, and never show the client a traceback
-            log.exception("geofence: could not decide %s %s", scope.get("method", "WEBSOCKET"), scope.get("path"))
-            detail = f"internal error: {type(exc).__name__}"
-            decision, private = error_decision(state.policy, _INTERNAL_ERROR_CLASS, detail), False
+            log.exception("geofence: could not decide %s", printable(scope.get("path")))
+            decision = error_decision(state.policy, _INTERNAL_ERROR_CLASS, f"internal error: {type(exc).__name__}")
         scope_state = scope.get("state")
         if scope_state is None:
             scope_state = scope["state"] = {}
@@ -284,58 +209,70 @@ class GeofenceMiddleware:
         scope_state[MIDDLEWARE_KEY] = self
         if decision.allowed:
             if decision.reasons and decision.would_deny:
-                self._record("would_deny", decision, scope)
-            if private and not decision.reasons:
-                send = _private_responses(send)
+                self.recorder.record("would_deny", decision, scope)
+            if private:
+                send = private_responses(send)
+            identity = decision.identity
+            if kind == "websocket" and identity is not None and identity.expires is not None:
+                receive, send = expiring_websocket(receive, send, identity.expires + state.websocket_grace)
             await self.app(scope, receive, send)
             return
-        self._record("deny", decision, scope)
-        response = self._denial(state, decision, scope)
-        if kind == "http":
-            await send({"type": "http.response.start", "status": response.status, "headers": list(response.headers)})
-            body = b"" if scope.get("method") == "HEAD" else response.body
-            await send({"type": "http.response.body", "body": body})
-            return
-        await _deny_websocket(scope, receive, send, response)
+        self.recorder.record("deny", decision, scope)
+        await send_denial(scope, receive, send, self._denial(state, decision, scope))
 
-    async def _decide_slow(
-        self, state: _State, scope: Scope, receive: Receive, route: Route, where: _Where
+    async def _refuse_unconfigured(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Without a valid policy nothing is served: 503, never the app, never a traceback."""
+        reason = Reason(ERROR, self.startup_error or "no policy")
+        decision = Decision(False, 503, _INTERNAL_ERROR_CLASS, "enforce", (reason,), "none", None, None)
+        await send_denial(scope, receive, send, denial_response(decision, ResponseConfig(), header(scope, b"accept")))
+
+    def _front(self, state: State, scope: Scope, facts: RequestFacts) -> Front:
+        """Route and client location for a request key not seen before, and the decision itself when no
+        identity and no request parameter can change it."""
+        route = state.policy.routes.classify(facts.method, facts.host, facts.path, facts.root_path)
+        key = facts.key
+        where_key = key[4:] if key is not None else None  # (peer,) or (peer, trusted forwarding headers)
+        where = state.clients.get(where_key) if where_key is not None else None
+        if where is None:
+            where = self._locate(state, scope, facts)
+            if where_key is not None:
+                state.clients.put(where_key, where, facts.size)
+        spellings = _spellings(route)
+        if any(r.params is not None or r.export_class in state.identity_classes for r in spellings):
+            return Front(route, where, None, False)
+        decision = self._strictest(state, scope, where, ((r.export_class, r.exempt) for r in spellings))
+        private = facts.method in _CACHEABLE and decision.export_class in state.restricted_classes
+        return Front(route, where, decision, private)
+
+    async def _decide_request(
+        self, state: State, scope: Scope, receive: Receive, front: Front
     ) -> tuple[Decision, Receive]:
-        """Routes that need the body, or whose path has another spelling the app might route: every
-        classification must allow the request."""
-        routes = [route] if route.also is None else [route, route.also]
+        """Requests whose class depends on identity or on the body, query or headers."""
+        spellings = _spellings(front.route)
+        limits = [r.params.max_body_bytes for r in spellings if r.params is not None and r.params.needs_body]
         body = None
-        limits = [r.body.candidates[0].max_body_bytes for r in routes if r.body is not None]
         if limits:
-            body, receive = await _buffer_body(scope, receive, max(limits))
+            body, receive = await buffer_body(receive, max(limits))
+        query = scope.get("query_string", b"")
+        classes = [
+            (r.params.classify(body, query, scope["headers"])[0] if r.params is not None else r.export_class, r.exempt)
+            for r in spellings
+        ]
+        return self._strictest(state, scope, front.where, classes), receive
+
+    def _strictest(
+        self, state: State, scope: Scope, where: Where, classes: Iterable[tuple[str, str | None]]
+    ) -> Decision:
+        """Every spelling of the request the app might route must be allowed: the first denial wins."""
         decision = None
-        for candidate in routes:
-            export_class = candidate.body.classify(body)[0] if candidate.body is not None else candidate.export_class
-            found = self._decide(state, scope, export_class, candidate.exempt or where.exempt, where)
+        for export_class, exempt in classes:
+            found = self._decide(state, scope, export_class, exempt or where.exempt, where)
             if decision is None or (decision.allowed and not found.allowed):
                 decision = found
         assert decision is not None
-        return decision, receive
+        return decision
 
-    def _front(self, state: _State, scope: Scope, method: str, host: str, forwarded: bytes | None) -> _Front:
-        """Route and client location for a (method, path, host, peer, forwarding header) not seen before, and
-        the decision itself when no identity and no body can change it."""
-        route = state.policy.routes.classify(method, host, scope["path"])
-        client = scope.get("client")
-        where_key = (client[0] if client else None, forwarded)
-        where = state.clients.get(where_key)
-        if where is None:
-            where = self._locate(state, scope, forwarded)
-            if len(state.clients) >= _CLIENT_CACHE_LIMIT:
-                state.clients.clear()
-            state.clients[where_key] = where
-        if route.body is None and route.also is None and route.export_class not in state.identity_classes:
-            decision = self._decide(state, scope, route.export_class, route.exempt or where.exempt, where)
-            private = method in _CACHEABLE and decision.export_class in state.restricted_classes
-            return _Front(route, where, decision, private)
-        return _Front(route, where, None, False)
-
-    def _decide(self, state: _State, scope: Scope, export_class: str, exempt: str | None, where: _Where) -> Decision:
+    def _decide(self, state: State, scope: Scope, export_class: str, exempt: str | None, where: Where) -> Decision:
         """Identity, then the decision: one cached answer per (class, network, identity) object."""
         location = where.location
         identity = identity_problem = None
@@ -344,31 +281,45 @@ class GeofenceMiddleware:
         if location is None or identity_problem is not None:
             return decide(
                 state.policy, export_class, location, identity,
-                identity_problem=identity_problem, location_problem=where.problem, exempt=exempt,
+                identity_problem=identity_problem,
+                location_problem=None if where.broken else where.problem,
+                client_problem=where.problem if where.broken else None,
+                exempt=exempt,
             )  # fmt: skip
         cache_key = (export_class, id(location), id(identity), exempt)
         cached = state.decisions.get(cache_key)
         if cached is not None and cached[0] is location and cached[1] is identity:
             return cached[2]
         decision = decide(state.policy, export_class, location, identity, exempt=exempt)
-        if len(state.decisions) >= _DECISION_CACHE_LIMIT:
-            state.decisions.clear()
         # The objects are kept in the entry, so their ids cannot be reused by others while it exists.
-        state.decisions[cache_key] = (location, identity, decision)
+        state.decisions.put(cache_key, (location, identity, decision))
         return decision
 
-    def _locate(self, state: _State, scope: Scope, forwarded: bytes | None) -> _Where:
-        """Client address -> location, for the front cache. A database error propagates (and is not cached)."""
-        client = resolve_client(scope, state.proxies, forwarded)
+    def _locate(self, state: State, scope: Scope, facts: RequestFacts) -> Where:
+        """Client address -> location. A database error propagates (and is not cached)."""
+        client = resolve_client(scope, state.proxies, facts.forwarding)
+        if client.broken:
+            problem = client.problem or "broken proxy chain"
+            self._warn_once(problem)
+            return Where(None, problem, None, True)
         if client.key is None:
-            return _Where(None, f"client address unknown: {client.problem}", None)
-        return _Where(state.locator.lookup_key(client.key), None, state.policy.exempt_network(client.key))
+            return Where(None, f"client address unknown: {client.problem}", None)
+        return Where(state.locator.lookup_key(client.key), None, state.policy.exempt_network(client.key))
+
+    def _warn_once(self, problem: str) -> None:
+        """A broken proxy chain is a deployment problem: say what to change, once per kind, not per request."""
+        kind = problem.split(":")[0][:80]
+        if kind not in self._warned and len(self._warned) < _MAX_WARNINGS:
+            self._warned.add(kind)
+            log.warning("geofence: denying requests on restricted classes: %s", printable(problem, 400))
 
     def identity_of(self, scope: Scope) -> tuple[Identity | None, str | None]:
         """The verified identity of a request (or why it was rejected): from the app's resolver, else tokens."""
+        if self._state is None:
+            return None, self.startup_error
         return self._identity_of(self._state, scope)
 
-    def _identity_of(self, state: _State, scope: Scope) -> tuple[Identity | None, str | None]:
+    def _identity_of(self, state: State, scope: Scope) -> tuple[Identity | None, str | None]:
         try:
             if self._identity is not None:
                 return self._identity(scope), None
@@ -381,115 +332,25 @@ class GeofenceMiddleware:
 
     def denial(self, decision: Decision, scope: Scope) -> DenialResponse:
         """The response for a denied *decision* of a request (also used by the per-endpoint helpers)."""
+        if self._state is None:
+            return denial_response(decision, ResponseConfig(), header(scope, b"accept"))
         return self._denial(self._state, decision, scope)
 
-    def _denial(self, state: _State, decision: Decision, scope: Scope) -> DenialResponse:
-        accept = _header(scope, b"accept")
+    def _denial(self, state: State, decision: Decision, scope: Scope) -> DenialResponse:
+        accept = header(scope, b"accept")
         try:
             return denial_response(decision, state.responses, accept, scope)
         except Exception:
             log.exception("geofence: deny_response hook failed; sending the standard denial")
             return denial_response(decision, dataclasses.replace(state.responses, hook=None), accept)
 
-    def _record(self, outcome: str, decision: Decision, scope: Scope) -> None:
-        for reason in decision.reasons:
-            self.stats[(outcome, decision.export_class, reason.code)] += 1
-        decisions_log.info(
-            "%s %s %s %s class=%s status=%s reasons=%s policy=%s",
-            outcome,
-            scope.get("method", "WEBSOCKET"),
-            scope.get("path"),
-            (scope.get("client") or ("-",))[0],
-            decision.export_class,
-            decision.status,
-            ",".join(r.code for r in decision.reasons),
-            decision.policy_version,
-        )
-        if self._on_decision is not None:
-            try:
-                self._on_decision(decision, scope)
-            except Exception:
-                log.exception("geofence: on_decision hook failed")
+
+def _spellings(route: Route) -> tuple[Route, ...]:
+    """The classifications a request must pass: one per spelling the app might route (exempt only when
+    every spelling is, which the route table has already checked)."""
+    return (route,) if route.exempt is not None or not route.also else (route, *route.also)
 
 
-_PRIVATE: Final = (b"cache-control", b"private")
-_CACHEABLE: Final = frozenset({"GET", "HEAD"})  # what shared caches store without explicit opt-in
-
-
-def _private_responses(send: Send) -> Send:
-    """Mark the app's response ``Cache-Control: private``: it was decided for this caller, so a shared cache
-    (a CDN in front of the app) must not replay it to someone the policy would refuse."""
-
-    async def wrapped(message: Message) -> None:
-        if message["type"] == "http.response.start":
-            headers = message.get("headers") or ()
-            for name, _ in headers:
-                if name.lower() == b"cache-control":
-                    message["headers"] = _make_private(headers)
-                    break
-            else:
-                message["headers"] = [*headers, _PRIVATE]
-        await send(message)
-
-    return wrapped
-
-
-def _make_private(headers: Any) -> list[tuple[bytes, bytes]]:
-    """Keep the app's directives but ``public`` / ``s-maxage``, and make the response private."""
-    given = [bytes(v).decode("latin-1") for k, v in headers if bytes(k).lower() == b"cache-control"]
-    directives = [d.strip() for v in given for d in v.split(",") if d.strip()]
-    if any(d.lower() in ("private", "no-store") for d in directives):
-        return list(headers)
-    kept = [d for d in directives if not d.lower().startswith(("public", "s-maxage"))]
-    value = ", ".join(["private", *kept]).encode("latin-1")
-    return [(k, v) for k, v in headers if bytes(k).lower() != b"cache-control"] + [(b"cache-control", value)]
-
-
-def _header(scope: Scope, name: bytes) -> str:
-    for key, value in scope["headers"]:
-        if key == name:
-            return str(value.decode("latin-1"))
-    return ""
-
-
-async def _buffer_body(scope: Scope, receive: Receive, limit: int) -> tuple[bytes | None, Receive]:
-    """Read the body up to *limit* bytes, and a receive that replays what was read, then continues.
-
-    Returns None for the body when it is larger than *limit* (or the client left): the class then fails
-    closed. Nothing is lost either way: the app still receives every byte the client sent.
-    """
-    messages: list[Message] = []
-    size = 0
-    complete = False
-    while size <= limit:
-        message = await receive()
-        messages.append(message)
-        if message["type"] != "http.request":
-            break
-        size += len(message.get("body", b""))
-        if not message.get("more_body", False):
-            complete = size <= limit
-            break
-    body = b"".join(m.get("body", b"") for m in messages if m["type"] == "http.request") if complete else None
-    pending = iter(messages)
-
-    async def replay() -> Message:
-        for message in pending:
-            return message
-        return await receive()
-
-    return body, replay
-
-
-async def _deny_websocket(scope: Scope, receive: Receive, send: Send, response: DenialResponse) -> None:
-    """Refuse a WebSocket before accepting it: an HTTP response where the server supports it, else 1008."""
-    message = await receive()
-    if message["type"] != "websocket.connect":
-        return
-    if "websocket.http.response" in scope.get("extensions", {}):
-        await send(
-            {"type": "websocket.http.response.start", "status": response.status, "headers": list(response.headers)}
-        )
-        await send({"type": "websocket.http.response.body", "body": response.body})
-    else:
-        await send({"type": "websocket.close", "code": 1008, "reason": "policy violation"})
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= 500 else text[:500] + "..."

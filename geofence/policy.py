@@ -153,7 +153,18 @@ _CLASS_KEYS: Final = (
     "mode",
 )
 _PERSON_KEYS: Final = ("allow_nationalities", "deny_nationalities", "rule", "check_us_persons")
-_ROUTE_KEYS: Final = ("path", "method", "host", "class", "json_field", "equals", "matches", "max_body_bytes")
+_ROUTE_KEYS: Final = (
+    "path",
+    "method",
+    "host",
+    "class",
+    "json_field",
+    "query_param",
+    "header",
+    "equals",
+    "matches",
+    "max_body_bytes",
+)
 _CLAIM_KEYS: Final = (
     "us_person_claim",
     "nationalities_claim",
@@ -405,27 +416,27 @@ def _route(i: int, raw: Any, classes: Mapping[str, ClassPolicy], check: Checker)
     for m in methods:
         if m not in _METHODS:
             check.error(f"{path}.method", f"{m!r} is not an HTTP method (or WEBSOCKET)")
+    host = check.string(table.get("host"), f"{path}.host")
     json_field = check.string(table.get("json_field"), f"{path}.json_field")
-    equals = tuple(check.strings(table.get("equals"), f"{path}.equals"))
-    matches = tuple(m.casefold() for m in check.strings(table.get("matches"), f"{path}.matches"))
-    if json_field is not None and not (equals or matches):
-        check.error(path, "json_field needs equals or matches")
-    if json_field is None and (equals or matches):
-        check.error(path, "equals/matches need json_field")
-    max_body = check.integer(table.get("max_body_bytes"), f"{path}.max_body_bytes") or DEFAULT_MAX_BODY
-    if glob is None or export_class is None:
-        return None
-    return RouteRule(
-        path=glob,
-        export_class=export_class,
+    max_body = check.integer(table.get("max_body_bytes"), f"{path}.max_body_bytes")
+    if max_body is not None and json_field is None:
+        check.error(f"{path}.max_body_bytes", "applies to json_field rules only")
+    rule = RouteRule(
+        path=glob or "/",
+        export_class=export_class or "",
         methods=methods,
-        host=check.string(table.get("host"), f"{path}.host"),
+        host=host.lower().rstrip(".") if host is not None else None,  # as requests' hosts are compared
         json_field=json_field,
-        equals=equals,
-        matches=matches,
-        max_body_bytes=max_body,
+        query_param=check.string(table.get("query_param"), f"{path}.query_param"),
+        header=check.string(table.get("header"), f"{path}.header"),
+        equals=tuple(check.strings(table.get("equals"), f"{path}.equals")),
+        matches=tuple(check.strings(table.get("matches"), f"{path}.matches")),
+        max_body_bytes=max_body or DEFAULT_MAX_BODY,
         index=i,
     )
+    for key, message in rule.problems():
+        check.error(f"{path}.{key}" if key else path, message)
+    return rule if glob is not None and export_class is not None else None
 
 
 def _with_version(policy: Policy) -> Policy:

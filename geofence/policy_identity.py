@@ -1,16 +1,22 @@
-"""The token half of ``[identity]``: validated into a :class:`TokenConfig`, or None when no key source is set."""
+"""The token half of ``[identity]``: validated into a :class:`TokenConfig`, or None when no key source is set.
+
+Key files are loaded here too, so ``geofence policy validate`` reports an unreadable or weak key before the
+middleware would refuse to start with it.
+"""
 
 from __future__ import annotations
 
 import difflib
+import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Final
 
-from .identity import ClaimNames
+from .identity import ASSURANCE_LEVELS, TOP_LEVEL_CLAIMS, ClaimNames, IdentityError, TopLevelClaims
+from .keys import check_hmac_secret
 from .policy_checks import Checker
-from .tokens import ASSURANCE_LEVELS, SUPPORTED_ALGORITHMS, TokenConfig
+from .tokens import SUPPORTED_ALGORITHMS, TokenConfig, load_key_files
 
 __all__ = ["TOKEN_KEYS", "token_config"]
 
@@ -28,6 +34,8 @@ TOKEN_KEYS: Final = (
     "min_assurance",
     "trust_frameworks",
     "max_verification_age_days",
+    "top_level_claims",
+    "websocket_grace_seconds",
     "max_token_bytes",
     "jwks_refresh_seconds",
 )
@@ -61,7 +69,9 @@ def token_config(
     audience = tuple(check.strings(table.get("audience"), "identity.audience"))
     if not audience:
         check.error("identity.audience", "required to verify tokens")
-    source = (check.string(table.get("source"), "identity.source") or "authorization").lower()
+    kind, colon, name = (check.string(table.get("source"), "identity.source") or "authorization").partition(":")
+    kind = kind.lower()
+    source = kind + colon + (name if kind == "cookie" else name.lower())  # cookie names are case-sensitive
     if not (source == "authorization" or re.fullmatch(r"(header|cookie):[!#$%&'*+.^_`|~0-9A-Za-z-]+", source)):
         check.error("identity.source", f"{source!r} is not 'authorization', 'header:<name>' or 'cookie:<name>'")
     url = check.string(table.get("jwks_url"), "identity.jwks_url")
@@ -73,6 +83,9 @@ def token_config(
     if level is not None and not any(level in scale for scale in ASSURANCE_LEVELS):
         known = ", ".join(lv for scale in ASSURANCE_LEVELS for lv in scale)
         check.error("identity.min_assurance", f"{level!r} is not a known assurance level ({known})")
+    frameworks = tuple(check.strings(table.get("trust_frameworks"), "identity.trust_frameworks"))
+    max_age = check.integer(table.get("max_verification_age_days"), "identity.max_verification_age_days")
+    top_level = _top_level(table, level is not None or bool(frameworks) or max_age is not None, check)
 
     def path(key: str) -> Path | None:
         value = check.string(table.get(key), f"identity.{key}")
@@ -88,7 +101,7 @@ def token_config(
         check.error("identity.required_claims", "must include 'exp': a token without expiry is never accepted")
     if check.problems or issuer is None:
         return None
-    return TokenConfig(
+    config = TokenConfig(
         issuer=issuer,
         audience=audience,
         algorithms=algorithms,
@@ -100,14 +113,47 @@ def token_config(
         leeway_seconds=_default(check.integer(table.get("leeway_seconds"), "identity.leeway_seconds", 0), 30),
         required_claims=required,
         min_assurance=level,
-        trust_frameworks=tuple(check.strings(table.get("trust_frameworks"), "identity.trust_frameworks")),
-        max_verification_age_days=check.integer(
-            table.get("max_verification_age_days"), "identity.max_verification_age_days"
+        trust_frameworks=frameworks,
+        max_verification_age_days=max_age,
+        top_level_claims=top_level,
+        websocket_grace_seconds=_default(
+            check.integer(table.get("websocket_grace_seconds"), "identity.websocket_grace_seconds", 0), 0
         ),
         max_token_bytes=check.integer(table.get("max_token_bytes"), "identity.max_token_bytes") or 8192,
         jwks_refresh_seconds=check.integer(table.get("jwks_refresh_seconds"), "identity.jwks_refresh_seconds") or 300,
         claim_names=names,
     )
+    if not check.problems:
+        _check_keys(config, check)
+    return config
+
+
+def _top_level(table: Mapping[str, Any], requirements: bool, check: Checker) -> TopLevelClaims:
+    """``top_level_claims``: "fallback" by default, "never" whenever assurance requirements are set (top-level
+    claims carry no ``verification`` to meet them)."""
+    value = check.string(table.get("top_level_claims"), "identity.top_level_claims", TOP_LEVEL_CLAIMS)
+    if value == "fallback" and requirements:
+        check.error(
+            "identity.top_level_claims",
+            "'fallback' cannot be combined with min_assurance, trust_frameworks or max_verification_age_days: "
+            "top-level claims carry no verification to meet them",
+        )
+    return "never" if value == "never" or requirements else "fallback"
+
+
+def _check_keys(config: TokenConfig, check: Checker) -> None:
+    """Load the key file and, when its variable is set, measure the HMAC secret: weak keys are policy errors."""
+    where = "identity.jwks_file" if config.jwks_file is not None else "identity.public_key_file"
+    try:
+        load_key_files(config)
+    except IdentityError as exc:
+        check.error(where, str(exc))
+    secret = os.environ.get(config.hmac_secret_env) if config.hmac_secret_env else None
+    if secret:
+        try:
+            check_hmac_secret(secret.encode(), config.algorithms, f"environment variable {config.hmac_secret_env}")
+        except IdentityError as exc:
+            check.error("identity.hmac_secret_env", str(exc))
 
 
 def _default(value: int | None, default: int) -> int:

@@ -14,7 +14,7 @@ from collections.abc import Callable, MutableMapping
 from dataclasses import dataclass
 from typing import Any, Final
 
-from .decision import ERROR, IDENTITY_INVALID, LOCATION_UNKNOWN, Decision
+from .decision import CLIENT_ADDRESS_INVALID, ERROR, IDENTITY_INVALID, LOCATION_UNKNOWN, Decision
 
 __all__ = ["DenialResponse", "ResponseConfig", "denial_response"]
 
@@ -34,6 +34,7 @@ _TYPES: Final = {451: "legal-block", 401: "identity-required", 503: "not-evaluat
 _PUBLIC_DETAILS: Final = {
     ERROR: "the request could not be evaluated",
     LOCATION_UNKNOWN: "the location of the request could not be established",
+    CLIENT_ADDRESS_INVALID: "the client address could not be established through the proxies in front of this service",
 }
 
 

@@ -2,28 +2,43 @@
 
 Rules are tried in order and the first match wins. All rules are compiled into one regular expression over
 ``"METHOD host path"``, so matching costs one C-level regex match whatever the number of rules, and results
-are memoised per (method, host, path).
+are memoised per (method, host, path, root_path).
 
-A rule with ``json_field`` also looks into the JSON request body (AI APIs name the model there). Such a rule
-can only be decided once the body is read, so :meth:`RouteTable.classify` returns a :class:`BodyRule` to
-finish with :meth:`BodyRule.classify`. A body that is malformed, too large, or names the field twice is
-classified as the rule's own class: fail closed.
+The app may route a request by a different spelling than the one on the wire: the path without the ASGI
+``root_path`` (a mounted app), a path with ``//``, ``.``, ``..`` or a trailing slash that the framework
+collapses or redirects, a host in another case or with a trailing dot. :meth:`RouteTable.classify` classifies
+every spelling and returns the others in ``Route.also`` when they differ: each must allow the request.
+
+A rule that reads the JSON body, a query parameter or a header is finished per request by
+:class:`~geofence.params.ParamRule`.
 """
 
 from __future__ import annotations
 
-import json
 import posixpath
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from fnmatch import fnmatchcase
-from typing import Any, Final, NamedTuple
+from typing import Final, NamedTuple
 
-__all__ = ["BodyRule", "Route", "RouteRule", "RouteTable", "compile_glob", "normalise_path"]
+from .cache import BoundedCache
+from .params import DEFAULT_MAX_BODY, Param, ParamRule, compile_param, param_problems
 
-DEFAULT_MAX_BODY: Final = 1 << 20
-_MEMO_LIMIT: Final = 4096
+__all__ = [
+    "DEFAULT_MAX_BODY",
+    "ParamRule",
+    "Route",
+    "RouteRule",
+    "RouteTable",
+    "canonical_host",
+    "compile_glob",
+    "normalise_path",
+    "path_spellings",
+]
+
+_MEMO_ENTRIES: Final = 4096
+_MEMO_BYTES: Final = 1 << 20  # keys are client-controlled: bound what a flood of long paths can pin
+_HOST_GLOB: Final = re.compile(r"[a-z0-9_*-]+(?:\.[a-z0-9_*-]+)*|\[[0-9a-f:.]+\]")
 
 
 def compile_glob(pattern: str) -> str:
@@ -47,13 +62,41 @@ def compile_glob(pattern: str) -> str:
 
 
 def normalise_path(path: str) -> str:
-    """Collapse ``//``, ``.`` and ``..`` so a request cannot dodge a rule by spelling the path differently."""
-    if "//" not in path and "/." not in path:
+    """The canonical spelling of *path*: ``//`` collapsed, ``.`` and ``..`` resolved, no trailing slash."""
+    if path.startswith("/") and "//" not in path and "/." not in path and (len(path) == 1 or path[-1] != "/"):
         return path
-    trailing = path.endswith("/") and len(path) > 1
-    normal = posixpath.normpath("/" + path.lstrip("/"))
-    normal = "/" + normal.lstrip("/")
-    return normal + "/" if trailing and normal != "/" else normal
+    return posixpath.normpath("/" + path.lstrip("/"))  # normpath keeps a leading "//": strip it first
+
+
+def path_spellings(path: str, root_path: str = "") -> tuple[str, ...]:
+    """Every path the app might route for ASGI *path* and *root_path*, the likeliest (canonical app path) first.
+
+    Servers include ``root_path`` in ``path`` (uvicorn ``--root-path``, Starlette ``Mount``) and frameworks
+    route the remainder; older servers leave it out, and then the path is the app's as given.
+    """
+    app = path
+    root = root_path.rstrip("/")
+    if root and path.startswith(root) and (len(path) == len(root) or path[len(root)] == "/"):
+        app = path[len(root) :] or "/"
+    return tuple(dict.fromkeys((normalise_path(app), app, normalise_path(path), path)))
+
+
+def canonical_host(host: str) -> str:
+    """``API.Example.COM.:8443`` -> ``api.example.com``; ``[::1]:8443`` -> ``[::1]``."""
+    return _without_port(host).lower().rstrip(".")
+
+
+def _without_port(host: str) -> str:
+    if host.startswith("["):
+        return host[: host.find("]") + 1]  # an unclosed literal becomes "": it names no rule's host
+    return host.partition(":")[0]
+
+
+def _host_spellings(host: str) -> tuple[str, ...]:
+    """Canonical first; then as sent (less the port), for apps that match hosts case-sensitively."""
+    if " " in host:  # not a host; and a space would blur the fields of the matched subject
+        return ("",)
+    return tuple(dict.fromkeys((canonical_host(host), _without_port(host))))
 
 
 @dataclass(frozen=True)
@@ -65,6 +108,8 @@ class RouteRule:
     methods: tuple[str, ...] = ()
     host: str | None = None
     json_field: str | None = None
+    query_param: str | None = None
+    header: str | None = None
     equals: tuple[str, ...] = ()
     matches: tuple[str, ...] = ()
     max_body_bytes: int = DEFAULT_MAX_BODY
@@ -73,102 +118,64 @@ class RouteRule:
     def describe(self) -> str:
         method = "|".join(self.methods) or "*"
         where = f"{self.host}" if self.host else ""
-        body = f" with JSON {self.json_field}" if self.json_field else ""
-        return f"routes[{self.index}] {method} {where}{self.path}{body} -> {self.export_class}"
+        sources = (("JSON", self.json_field), ("query", self.query_param), ("header", self.header))
+        param = next((f" with {label} {name}" for label, name in sources if name is not None), "")
+        return f"routes[{self.index}] {method} {where}{self.path}{param} -> {self.export_class}"
 
-
-@dataclass(frozen=True)
-class BodyRule:
-    """The rules that match a request's method, host and path, when the first of them needs the body.
-
-    ``candidates`` runs from that first rule up to the first later rule that needs no body; ``default`` applies
-    when none matches.
-    """
-
-    candidates: tuple[RouteRule, ...]
-    default: str
-
-    def classify(self, body: bytes | None) -> tuple[str, str]:
-        """(export class, explanation) for *body*; None means the body was too large to buffer."""
-        for rule in self.candidates:
-            if rule.json_field is None:
-                return rule.export_class, f"body does not match earlier rules; {rule.describe()}"
-            if body is None or len(body) > rule.max_body_bytes:
-                return rule.export_class, f"body over {rule.max_body_bytes} bytes: fail closed to {rule.describe()}"
-            value, problem = _field(body, rule.json_field)
-            if problem is not None:
-                return rule.export_class, f"{problem}: fail closed to {rule.describe()}"
-            if isinstance(value, str) and (
-                value in rule.equals or any(fnmatchcase(value.casefold(), p) for p in rule.matches)
-            ):
-                return rule.export_class, f"JSON {rule.json_field} = {value!r}: {rule.describe()}"
-        return self.default, "body matches no rule: default class"
+    def problems(self) -> list[tuple[str, str]]:
+        """(key, message) for each string of this rule that cannot be compiled; key "" is the rule itself."""
+        found = []
+        if "//" in self.path or any(seg in (".", "..") for seg in self.path.split("/")):
+            found.append(("path", f"{self.path!r} has empty, '.' or '..' segments: requests match in canonical form"))
+        if self.host is not None and not _HOST_GLOB.fullmatch(self.host.lower().rstrip(".")):
+            found.append(("host", f"{self.host!r} is not a host name (no port; `*` is one label; IDNs as xn--)"))
+        return found + param_problems(self)
 
 
 class Route(NamedTuple):
-    """How a request is classified before its body is read.
+    """How a request is classified before its parameters are read.
 
-    ``body`` is set when the class depends on the body: finish with ``body.classify(...)``; until then
-    ``export_class`` is the first body rule's own class (the fail-closed answer). ``exempt`` names the
-    ``[exempt] paths`` entry that matched, if any. ``also`` is the classification of the path's normalised
-    spelling when it differs (``//``, ``.`` or ``..`` segments): the app may route either spelling, so the
-    request must pass both.
+    ``params`` is set when the class depends on the body, query string or a header: finish with
+    ``params.classify(...)``; until then ``export_class`` is the first parameter rule's own class (the
+    fail-closed answer). ``exempt`` names the ``[exempt] paths`` entry that matched, set only when every
+    spelling is exempt. ``also`` holds the classifications of the other spellings the app might route, when
+    they differ: the request must pass every one.
     """
 
     export_class: str
     rule: RouteRule | None
-    body: BodyRule | None
+    params: ParamRule | None
     exempt: str | None
-    also: Route | None = None
+    also: tuple[Route, ...] = ()
 
     def describe(self) -> str:
         return self.rule.describe() if self.rule else "no route matches: default class"
 
 
-_MISSING: Final = object()
-
-
-class _Duplicate(Exception):
-    pass
-
-
-def _field(body: bytes, path: str) -> tuple[Any, str | None]:
-    """The value at dotted *path* in a JSON object body, or a problem description."""
-    first, *rest = path.split(".")
-    names = {first, *rest}
-
-    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
-        seen = dict(items)
-        if len(seen) != len(items):  # a key on the field's path given twice: parsers disagree on which wins
-            for name in names & seen.keys():
-                if sum(1 for k, _ in items if k == name) > 1:
-                    raise _Duplicate(name)
-        return seen
-
-    try:
-        document = json.loads(body, object_pairs_hook=pairs)
-    except _Duplicate as exc:
-        return None, f"JSON body names {exc.args[0]!r} twice"
-    except (ValueError, RecursionError):
-        return None, "body is not valid JSON"
-    node: Any = document
-    for part in [first, *rest]:
-        if not isinstance(node, dict):
-            return (None, "JSON body is not an object") if node is document else (_MISSING, None)
-        if part not in node:
-            return _MISSING, None
-        node = node[part]
-    return node, None
-
-
 class RouteTable:
     """All route rules and exempt paths, compiled. :meth:`classify` is what runs per request."""
 
-    __slots__ = ("_exempt", "_exempt_globs", "_memo", "_pattern", "_rules", "_singles", "default_class")
+    __slots__ = (
+        "_exempt",
+        "_exempt_globs",
+        "_memo",
+        "_needs",
+        "_params",
+        "_pattern",
+        "_rules",
+        "_singles",
+        "default_class",
+    )
 
     def __init__(self, rules: Sequence[RouteRule], default_class: str, exempt_paths: Sequence[str] = ()) -> None:
         self._rules = tuple(rules)
         self.default_class = default_class
+        self._params: tuple[Param, ...] = tuple(compile_param(rule) for rule in self._rules)
+        self._needs = (  # read per request by the middleware: computed once
+            any(rule.host for rule in self._rules),
+            any(p.source == "query" for p in self._params),
+            any(p.source == "header" for p in self._params),
+        )
         sources = [_rule_regex(rule) for rule in self._rules]
         # One alternation, in rule order: the regex engine returns the first alternative that matches.
         # DOTALL: a path may carry a newline (%0A); `.` must match it, or "/x/**" would miss "/x/y%0A".
@@ -181,7 +188,7 @@ class RouteTable:
             if exempt_paths
             else None
         )
-        self._memo: dict[tuple[str, str, str], Route] = {}
+        self._memo: BoundedCache[tuple[str, str, str, str], Route] = BoundedCache(_MEMO_ENTRIES, _MEMO_BYTES)
 
     @property
     def rules(self) -> tuple[RouteRule, ...]:
@@ -191,26 +198,46 @@ class RouteTable:
     def exempt_paths(self) -> tuple[str, ...]:
         return self._exempt_globs
 
-    def classify(self, method: str, host: str, path: str) -> Route:
-        """Classify a request by method, host and path (memoised)."""
-        key = (method, host, path)
+    @property
+    def needs_host(self) -> bool:
+        """Some rule names a host: the caller must pass the Host header."""
+        return self._needs[0]
+
+    @property
+    def needs_query(self) -> bool:
+        """Some rule reads a query parameter."""
+        return self._needs[1]
+
+    @property
+    def needs_headers(self) -> bool:
+        """Some rule reads a request header."""
+        return self._needs[2]
+
+    def classify(self, method: str, host: str, path: str, root_path: str = "") -> Route:
+        """Classify a request by method, Host header, ASGI path and root_path, every spelling (memoised)."""
+        key = (method, host, path, root_path)
         found = self._memo.get(key)
         if found is None:
-            method, host = method.upper(), host.lower().partition(":")[0]
-            found = self._classify(method, host, path)
-            normal = normalise_path(path)
-            if normal != path:
-                other = self._classify(method, host, normal)
-                if other.exempt is None:
-                    found = found._replace(exempt=None)  # exempt only when every spelling is exempt
-                if other[:3] != found[:3]:
-                    found = found._replace(also=other._replace(exempt=None))
-            if len(self._memo) >= _MEMO_LIMIT:
-                self._memo.clear()
-            self._memo[key] = found
+            found = self._classify_all(method.upper(), host, path, root_path)
+            self._memo.put(key, found, len(method) + len(host) + len(path) + len(root_path))
         return found
 
+    def _classify_all(self, method: str, host: str, path: str, root_path: str) -> Route:
+        paths = path_spellings(path, root_path)
+        routes = [self._classify(method, h, p) for h in _host_spellings(host) for p in paths]
+        first = routes[0]
+        if all(r.exempt is not None for r in routes):
+            return first  # exempt whatever the class: nothing else to pass
+        seen = {first[:3]}
+        also = []
+        for route in routes[1:]:
+            if route[:3] not in seen:
+                seen.add(route[:3])
+                also.append(route._replace(exempt=None))
+        return first._replace(exempt=None, also=tuple(also))
+
     def _classify(self, method: str, host: str, path: str) -> Route:
+        """One spelling: the first matching rule, and the candidates after it if it reads a parameter."""
         exempt = None
         if self._exempt is not None and (hit := self._exempt.fullmatch(path)) and hit.lastgroup:
             exempt = f"path matches exempt {self._exempt_globs[int(hit.lastgroup[1:])]}"
@@ -220,18 +247,23 @@ class RouteTable:
             return Route(self.default_class, None, None, exempt)
         first = int(match.lastgroup[1:])
         rule = self._rules[first]
-        if rule.json_field is None:
+        if self._params[first].source == "":
             return Route(rule.export_class, rule, None, exempt)
-        candidates = [rule]
-        for later, pattern in zip(self._rules[first + 1 :], self._singles[first + 1 :], strict=True):
+        candidates = [self._params[first]]
+        for param, pattern in zip(self._params[first + 1 :], self._singles[first + 1 :], strict=True):
             if pattern.fullmatch(subject):
-                candidates.append(later)
-                if later.json_field is None:
+                candidates.append(param)
+                if param.source == "":
                     break
-        return Route(rule.export_class, rule, BodyRule(tuple(candidates), self.default_class), exempt)
+        return Route(rule.export_class, rule, ParamRule(tuple(candidates), self.default_class), exempt)
 
 
 def _rule_regex(rule: RouteRule) -> str:
     methods = "|".join(re.escape(m) for m in rule.methods) if rule.methods else r"[^ ]+"
-    host = "".join("[^ ./]*" if c == "*" else re.escape(c) for c in rule.host.lower()) if rule.host else r"[^ ]*"
-    return f"(?:{methods}) {host} {compile_glob(rule.path)}"
+    host = (
+        "".join("[^ ./]*" if c == "*" else re.escape(c) for c in canonical_host(rule.host)) if rule.host else r"[^ ]*"
+    )
+    path = rule.path
+    # Requests are also matched in canonical form (no trailing slash): a rule written with one matches both.
+    glob = compile_glob(path[:-1]) + "/?" if len(path) > 1 and path.endswith("/") else compile_glob(path)
+    return f"(?:{methods}) {host} {glob}"

@@ -1,11 +1,13 @@
 """Verified identity from signed tokens: JWT verification with PyJWT, keys from JWKS (file or URL) or PEM.
 
 Every check happens before any claim is read: size, algorithm allowlist (never ``none``; HMAC only with a
-configured secret, never with a public key), signature with a key of the token's own algorithm family,
-``iss``, ``aud``, ``exp``, ``nbf`` (small leeway) and the required claims; then the identity-assurance
-requirements (assurance level, trust framework, verification age). Keys from a JWKS URL are fetched in a
-background thread, never on the request path: an unknown ``kid`` triggers a rate-limited refresh and the
-token is refused until the key is known; an unreachable JWKS leaves the cached keys in force.
+configured secret, never with a public key), canonical base64url (so one token has one spelling, and the
+caches keyed by it cannot be side-stepped), signature with a key of the token's own algorithm family that fits
+the algorithm, ``iss``, ``aud``, ``exp``, ``nbf`` (small leeway) and the required claims; then the identity is
+read from the ``verified_claims`` that meet the assurance requirements (see :mod:`geofence.identity`). Keys
+from a JWKS URL are fetched in a background thread, never on the request path: an unknown ``kid`` triggers a
+rate-limited refresh and the token is refused until the key is known; an unreachable JWKS leaves the cached
+keys in force. Key loading and strength checks live in :mod:`geofence.keys`.
 
 Verified identities are cached by the SHA-256 of the token, never past its ``exp``.
 """
@@ -13,37 +15,45 @@ Verified identities are cached by the SHA-256 of the token, never past its ``exp
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import json
 import logging
 import os
+import re
 import threading
 import time
 import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
 
 import jwt
 from jwt.algorithms import get_default_algorithms
 
-from .identity import ClaimNames, Identity, IdentityError, identity_from_claims
+from .cache import BoundedCache
+from .identity import (
+    AssuranceRequirements,
+    ClaimNames,
+    Identity,
+    IdentityError,
+    TopLevelClaims,
+    identity_from_claims,
+)
+from .keys import KeySet, VerificationKey, check_hmac_secret, family, jwks_keys, pem_keys
 
-__all__ = ["ASSURANCE_LEVELS", "TokenConfig", "TokenVerifier", "token_from_scope"]
+__all__ = ["SUPPORTED_ALGORITHMS", "TokenConfig", "TokenVerifier", "load_key_files", "token_from_scope"]
 
 log = logging.getLogger("geofence")
 
 SUPPORTED_ALGORITHMS: Final = tuple(sorted(a for a in get_default_algorithms() if a != "none"))
-_FAMILIES: Final = {"HS": "oct", "RS": "RSA", "PS": "RSA", "ES": "EC", "Ed": "OKP"}
-# Ordered scales of assurance levels: NIST SP 800-63A IAL and eIDAS levels of assurance.
-ASSURANCE_LEVELS: Final = (("ial1", "ial2", "ial3"), ("low", "substantial", "high"))
-_CACHE_LIMIT: Final = 100_000
-
-
-def _family(algorithm: str) -> str:
-    return _FAMILIES.get(algorithm[:2], "?")
+# Bounded with CLOCK eviction: a flood of distinct tokens evicts a little at a time, never the hot set at once.
+_IDENTITY_CACHE_ENTRIES: Final = 65_536
+_REJECTED_CACHE_ENTRIES: Final = 16_384
+_REJECTED_SECONDS: Final = 60
+# Three non-empty base64url segments; each must also be canonical (see _canonical).
+_SHAPE: Final = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
 
 
 @dataclass(frozen=True)
@@ -63,6 +73,10 @@ class TokenConfig:
     min_assurance: str | None = None
     trust_frameworks: tuple[str, ...] = ()
     max_verification_age_days: int | None = None
+    top_level_claims: TopLevelClaims = "fallback"
+    """Read top-level claims when a token has no ``verified_claims``; ignored (never) with requirements."""
+    websocket_grace_seconds: int = 0
+    """How long a WebSocket allowed on a token may stay open after the token expires (then: close 1008)."""
     max_token_bytes: int = 8192
     jwks_refresh_seconds: int = 300
     jwks_min_refresh_seconds: int = 30
@@ -73,69 +87,32 @@ class TokenConfig:
         """Files whose change means new keys (watched by the middleware for rotation without restart)."""
         return tuple(p for p in (self.jwks_file, self.public_key_file) if p is not None)
 
-
-class _Keys:
-    """Verification keys by family and kid. Replaced as a whole, so readers never see a half-loaded set."""
-
-    def __init__(self, keys: list[tuple[str | None, str, Any]]) -> None:
-        self.by_kid: dict[tuple[str, str | None], Any] = {}
-        self.by_family: dict[str, list[Any]] = {}
-        for kid, family, key in keys:
-            self.by_kid[(family, kid)] = key
-            self.by_family.setdefault(family, []).append(key)
-
-    def find(self, algorithm: str, kid: str | None) -> Any | None:
-        """The key for a token: by kid; or the only key of the family when the token or the key has no kid
-        (a PEM key names no kid)."""
-        family = _family(algorithm)
-        if kid is not None and (family, kid) in self.by_kid:
-            return self.by_kid[(family, kid)]
-        candidates = self.by_family.get(family, [])
-        if len(candidates) == 1 and (kid is None or (family, None) in self.by_kid):
-            return candidates[0]
-        return None
+    @property
+    def requirements(self) -> AssuranceRequirements:
+        return AssuranceRequirements(self.min_assurance, self.trust_frameworks, self.max_verification_age_days)
 
 
-def _jwks_keys(document: Any, source: str) -> list[tuple[str | None, str, Any]]:
-    if not isinstance(document, Mapping) or not isinstance(document.get("keys"), list):
-        raise IdentityError(f"{source}: not a JWKS document (no 'keys' list)")
-    out = []
-    for jwk in document["keys"]:
-        if not isinstance(jwk, Mapping) or jwk.get("use", "sig") != "sig":
-            continue
+def load_key_files(config: TokenConfig) -> list[VerificationKey]:
+    """The configured key file's keys; :class:`IdentityError` naming the file (and key) when one is unusable
+    or too weak. Also run by the policy parser, so ``geofence policy validate`` reports it."""
+    if config.jwks_file is not None:
         try:
-            parsed = jwt.PyJWK(dict(jwk))
-        except (jwt.PyJWKError, jwt.InvalidKeyError, ValueError, TypeError) as exc:
-            log.warning("geofence: %s: skipping an unusable key %r: %s", source, jwk.get("kid"), exc)
-            continue
-        if parsed.key_type == "oct":
-            continue  # a symmetric key published in a JWKS is never trusted
-        kid = jwk.get("kid")
-        out.append((kid if isinstance(kid, str) else None, str(parsed.key_type), parsed.key))
-    return out
-
-
-def _pem_key(path: Path) -> list[tuple[str | None, str, Any]]:
-    from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
-    from cryptography.hazmat.primitives.serialization import load_pem_public_key
-
-    try:
-        key = load_pem_public_key(path.read_bytes())
-    except (OSError, ValueError) as exc:
-        raise IdentityError(f"{path}: not a PEM public key ({exc})") from None
-    if isinstance(key, rsa.RSAPublicKey):
-        return [(None, "RSA", key)]
-    if isinstance(key, ec.EllipticCurvePublicKey):
-        return [(None, "EC", key)]
-    if isinstance(key, ed25519.Ed25519PublicKey):
-        return [(None, "OKP", key)]
-    raise IdentityError(f"{path}: unsupported key type {type(key).__name__}")
+            document = json.loads(config.jwks_file.read_text())
+        except (OSError, ValueError) as exc:
+            raise IdentityError(f"{config.jwks_file}: cannot read JWKS ({exc})") from None
+        return jwks_keys(document, str(config.jwks_file), strict=True)
+    if config.public_key_file is not None:
+        return pem_keys(config.public_key_file)
+    return []
 
 
 def token_from_scope(scope: Mapping[str, Any], source: str, max_bytes: int) -> str | None:
-    """The raw token from the request, or None. Duplicates and malformed values are errors, not guesses."""
+    """The raw token from the request, or None. Duplicates and malformed values are errors, not guesses.
+
+    Header names are case-insensitive (ASGI gives them in lower case); cookie names are case-sensitive."""
     kind, _, name = source.partition(":")
-    header = b"authorization" if kind == "authorization" else (b"cookie" if kind == "cookie" else name.encode())
+    kind = kind.lower()
+    header = b"authorization" if kind == "authorization" else (b"cookie" if kind == "cookie" else name.lower().encode())
     values = [v for k, v in scope["headers"] if k == header]
     if not values:
         return None
@@ -172,15 +149,17 @@ class TokenVerifier:
 
     def __init__(self, config: TokenConfig) -> None:
         self.config = config
-        self._cache: dict[bytes, tuple[Identity, float]] = {}
-        self._rejected: dict[bytes, tuple[str, float]] = {}  # so a replayed bad token costs no signature check
+        self._cache: BoundedCache[bytes, Identity] = BoundedCache(_IDENTITY_CACHE_ENTRIES)
+        # So a replayed bad token costs no signature check: (reason, until).
+        self._rejected: BoundedCache[bytes, tuple[str, float]] = BoundedCache(_REJECTED_CACHE_ENTRIES)
         self._secret: bytes | None = None
         if config.hmac_secret_env is not None:
             secret = os.environ.get(config.hmac_secret_env)
             if not secret:
                 raise IdentityError(f"environment variable {config.hmac_secret_env} (HMAC secret) is not set")
             self._secret = secret.encode()
-        self._keys = _Keys(self._load_local())
+            check_hmac_secret(self._secret, config.algorithms, f"environment variable {config.hmac_secret_env}")
+        self._keys = KeySet(load_key_files(config))
         self._fetched = 0.0
         self._attempted = 0.0
         self._fetching = threading.Lock()
@@ -191,18 +170,6 @@ class TokenVerifier:
             self._refresh("start-up")
 
     # --- keys ---------------------------------------------------------------------------------------------
-
-    def _load_local(self) -> list[tuple[str | None, str, Any]]:
-        config = self.config
-        if config.jwks_file is not None:
-            try:
-                document = json.loads(config.jwks_file.read_text())
-            except (OSError, ValueError) as exc:
-                raise IdentityError(f"{config.jwks_file}: cannot read JWKS ({exc})") from None
-            return _jwks_keys(document, str(config.jwks_file))
-        if config.public_key_file is not None:
-            return _pem_key(config.public_key_file)
-        return []
 
     def _refresh(self, why: str) -> None:
         """Fetch the JWKS URL in a background thread, at most once per ``jwks_min_refresh_seconds``."""
@@ -220,11 +187,11 @@ class TokenVerifier:
             request = urllib.request.Request(url or "", headers={"Accept": "application/json"})
             with urllib.request.urlopen(request, timeout=5) as response:
                 document = json.loads(response.read(1 << 20))
-            keys = _jwks_keys(document, str(url))
-            changed = set(self._keys.by_kid) != {(family, kid) for kid, family, _ in keys}
-            self._keys = _Keys(keys)
-            if changed:
-                self._cache = {}  # a key withdrawn from the JWKS must stop vouching for cached identities
+            keys = jwks_keys(document, str(url), strict=False)
+            changed = set(self._keys.by_kid) != {(key.family, key.kid) for key in keys}
+            self._keys = KeySet(keys)
+            if changed:  # a key withdrawn from the JWKS must stop vouching for cached identities
+                self._cache = BoundedCache(_IDENTITY_CACHE_ENTRIES)
             self._fetched = time.monotonic()
             log.info("geofence: loaded %d signing keys from %s (%s)", len(keys), url, why)
         except (OSError, ValueError, IdentityError) as exc:
@@ -238,30 +205,26 @@ class TokenVerifier:
 
     def identity(self, token: str) -> Identity:
         """The verified identity of *token*; :class:`IdentityError` with the reason otherwise."""
-        digest = hashlib.sha256(token.encode("latin-1", "replace")).digest()
-        cached = self._cache.get(digest)
+        digest = hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
         now = time.time()
-        if cached is not None and now < cached[1]:
-            return cached[0]
+        cached = self._cache.get(digest)
+        if cached is not None and cached.expires is not None and now < cached.expires:
+            return cached
         rejected = self._rejected.get(digest)
         if rejected is not None and now < rejected[1]:
             raise IdentityError(rejected[0])
         try:
-            identity, expires = self._verify(token, now)
+            identity = self._verify(token, now)
         except IdentityError as exc:
-            if len(self._rejected) >= _CACHE_LIMIT:
-                self._rejected.clear()
-            if not str(exc).startswith(("unknown signing key", "no key")):  # may pass once the keys refresh
-                self._rejected[digest] = (str(exc), now + 60)
+            reason = str(exc)
+            if not reason.startswith(("unknown signing key", "no key")):  # may pass once the keys refresh
+                self._rejected.put(digest, (reason, now + _REJECTED_SECONDS), len(reason))
             raise
-        if len(self._cache) >= _CACHE_LIMIT:
-            self._cache = {k: v for k, v in self._cache.items() if v[1] > now}
-            if len(self._cache) >= _CACHE_LIMIT:
-                self._cache.clear()
-        self._cache[digest] = (identity, expires)
+        if identity.expires is not None:  # no readable expiry: verified now, never cached
+            self._cache.put(digest, identity, 400 + 8 * len(identity.nationalities))
         return identity
 
-    def _verify(self, token: str, now: float) -> tuple[Identity, float]:
+    def _verify(self, token: str, now: float) -> Identity:
         config = self.config
         if len(token) > config.max_token_bytes:
             raise IdentityError(f"token larger than {config.max_token_bytes} bytes")
@@ -272,7 +235,11 @@ class TokenVerifier:
         kid = header.get("kid")
         if kid is not None and not isinstance(kid, str):
             raise IdentityError("malformed token (kid)")
-        if _family(algorithm) == "oct":
+        if "crit" in header:  # RFC 7515 §4.1.11: geofence understands no extension, so none may be critical
+            raise IdentityError("token has an unsupported critical header")
+        if not _SHAPE.fullmatch(token) or not all(_canonical(part) for part in token.split(".")):
+            raise IdentityError("malformed token (not three base64url segments)")
+        if family(algorithm) == "oct":
             key: Any = self._secret
         else:
             key = self._keys.find(algorithm, kid)
@@ -282,63 +249,60 @@ class TokenVerifier:
             if config.jwks_url is not None:
                 self._refresh(f"unknown kid {kid!r}")
             raise IdentityError(f"unknown signing key {str(kid)[:40]!r}" if kid else "no key for this token")
-        try:
-            claims = jwt.decode(
-                token,
-                key,
-                algorithms=[algorithm],
-                audience=list(config.audience),
-                issuer=config.issuer,
-                leeway=config.leeway_seconds,
-                options={"require": list(config.required_claims)},
-            )
-        except jwt.ExpiredSignatureError:
-            raise IdentityError("token expired") from None
-        except jwt.ImmatureSignatureError:
-            raise IdentityError("token not yet valid") from None
-        except jwt.InvalidIssuerError:
-            raise IdentityError("token issuer not accepted") from None
-        except jwt.InvalidAudienceError:
-            raise IdentityError("token audience not accepted") from None
-        except jwt.MissingRequiredClaimError as exc:
-            raise IdentityError(f"token lacks required claim {exc.claim!r}") from None
-        except jwt.InvalidSignatureError:
-            raise IdentityError("token signature invalid") from None
-        except (jwt.InvalidTokenError, jwt.InvalidKeyError, ValueError, TypeError, RecursionError):
-            raise IdentityError("token rejected") from None
-        self._check_assurance(claims, now)
-        identity = identity_from_claims(claims, config.claim_names)
+        claims = _decode(token, key, algorithm, config)
+        identity = identity_from_claims(
+            claims, config.claim_names, top_level=config.top_level_claims, requirements=config.requirements, now=now
+        )
         try:
             expires = float(claims["exp"])  # PyJWT accepts a numeric string too; the cache must honour it
         except (KeyError, TypeError, ValueError):
-            expires = now  # no readable expiry: verified now, never cached
-        return identity, expires
+            return identity
+        return dataclasses.replace(identity, expires=expires)
 
-    def _check_assurance(self, claims: Mapping[str, Any], now: float) -> None:
-        config = self.config
-        if config.min_assurance is None and not config.trust_frameworks and config.max_verification_age_days is None:
-            return
-        raw = claims.get("verified_claims")
-        items = raw if isinstance(raw, list) else [raw] if isinstance(raw, Mapping) else []
-        if not items:
-            raise IdentityError("token has no verified_claims evidence")
-        for item in items:
-            verification = item.get("verification") if isinstance(item, Mapping) else None
-            if not isinstance(verification, Mapping):
-                raise IdentityError("verified_claims without verification")
-            framework = verification.get("trust_framework")
-            if config.trust_frameworks and framework not in config.trust_frameworks:
-                raise IdentityError(f"trust framework {str(framework)[:40]!r} not accepted")
-            if config.min_assurance is not None and not _at_least(
-                verification.get("assurance_level"), config.min_assurance
-            ):
-                raise IdentityError(f"assurance level below {config.min_assurance}")
-            if config.max_verification_age_days is not None:
-                when = _timestamp(verification.get("time"))
-                if when is None:
-                    raise IdentityError("verification time missing or malformed")
-                if now - when > config.max_verification_age_days * 86400:
-                    raise IdentityError(f"identity verified more than {config.max_verification_age_days} days ago")
+
+def _decode(token: str, key: Any, algorithm: str, config: TokenConfig) -> dict[str, Any]:
+    """PyJWT's verification, with its exceptions turned into reasons a caller can act on."""
+    try:
+        claims: dict[str, Any] = jwt.decode(
+            token,
+            key,
+            algorithms=[algorithm],
+            audience=list(config.audience),
+            issuer=config.issuer,
+            leeway=config.leeway_seconds,
+            options={"require": list(config.required_claims), "enforce_minimum_key_length": True},
+        )
+    except jwt.ExpiredSignatureError:
+        raise IdentityError("token expired") from None
+    except jwt.ImmatureSignatureError:
+        raise IdentityError("token not yet valid") from None
+    except jwt.InvalidIssuerError:
+        raise IdentityError("token issuer not accepted") from None
+    except jwt.InvalidAudienceError:
+        raise IdentityError("token audience not accepted") from None
+    except jwt.MissingRequiredClaimError as exc:
+        raise IdentityError(f"token lacks required claim {exc.claim!r}") from None
+    except jwt.InvalidSignatureError:
+        raise IdentityError("token signature invalid") from None
+    except jwt.InvalidIssuedAtError:
+        raise IdentityError("token claim 'iat' is not a number") from None
+    except jwt.exceptions.InvalidSubjectError:
+        raise IdentityError("token claim 'sub' is not a string") from None
+    except jwt.exceptions.InvalidJTIError:
+        raise IdentityError("token claim 'jti' is not a string") from None
+    except jwt.InvalidAlgorithmError:
+        raise IdentityError("token algorithm not allowed") from None
+    except jwt.InvalidKeyError as exc:
+        weak = "minimum" in str(exc)  # PyJWT's key-length message ("below the minimum recommended ...")
+        raise IdentityError("signing key too weak" if weak else "signing key does not fit the token") from None
+    except jwt.DecodeError as exc:
+        claim = next((c for c in ("exp", "nbf") if f"({c})" in str(exc)), None)
+        raise IdentityError(f"token claim {claim!r} is not a number" if claim else "malformed token") from None
+    except jwt.InvalidTokenError:
+        raise IdentityError("token rejected") from None
+    except (ValueError, TypeError, OverflowError, RecursionError):
+        raise IdentityError("malformed token") from None
+    return claims
 
 
 def _header(token: str) -> dict[str, Any]:
@@ -358,20 +322,8 @@ def _header(token: str) -> dict[str, Any]:
     return header
 
 
-def _at_least(level: Any, minimum: str) -> bool:
-    if not isinstance(level, str):
-        return False
-    for scale in ASSURANCE_LEVELS:
-        if minimum in scale and level.lower() in scale:
-            return scale.index(level.lower()) >= scale.index(minimum)
-    return level.lower() == minimum
-
-
-def _timestamp(value: Any) -> float | None:
-    if not isinstance(value, str):
-        return None
-    try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).timestamp()
+def _canonical(segment: str) -> bool:
+    """Whether a base64url segment is the one spelling of its bytes: unused trailing bits must be zero (RFC
+    4648 §3.5), or the same token could be spelled several ways."""
+    rest = len(segment) % 4
+    return rest == 0 or (rest == 2 and segment[-1] in "AQgw") or (rest == 3 and segment[-1] in "AEIMQUYcgkosw048")

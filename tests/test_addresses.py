@@ -3,8 +3,10 @@ from __future__ import annotations
 import ipaddress
 
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
-from geofence.addresses import V4_BASE, address_key, format_network, parse_address, special_range
+from geofence.addresses import V4_BASE, address_key, format_network, parse_address, parse_network, special_range
 from geofence.errors import InvalidAddressError
 
 
@@ -207,3 +209,105 @@ def test_bad_zone_ids(text: str) -> None:
 def test_rfc_9780_dummy_prefix_is_reserved() -> None:
     found = special_range(address_key("100:0:0:1::5"))[0]
     assert found is not None and found.reason == "reserved"
+
+
+@pytest.mark.parametrize(
+    ("text", "first", "last"),
+    [
+        ("10.0.0.0/8", "10.0.0.0", "10.255.255.255"),
+        ("192.0.2.7", "192.0.2.7", "192.0.2.7"),
+        ("0.0.0.0/0", "0.0.0.0", "255.255.255.255"),
+        ("2001:db8::/32", "2001:db8::", "2001:db8:ffff:ffff:ffff:ffff:ffff:ffff"),
+        # IPv6 networks that carry IPv4 mean the IPv4 network they carry: their addresses are keyed that way.
+        ("::ffff:0:0/96", "0.0.0.0", "255.255.255.255"),
+        ("::ffff:10.0.0.0/104", "10.0.0.0", "10.255.255.255"),
+        ("::ffff:192.0.2.7", "192.0.2.7", "192.0.2.7"),
+        ("64:ff9b::/96", "0.0.0.0", "255.255.255.255"),
+        ("64:ff9b::a00:0/104", "10.0.0.0", "10.255.255.255"),
+        ("64:ff9b::192.0.2.7/128", "192.0.2.7", "192.0.2.7"),
+        ("2002::/16", "0.0.0.0", "255.255.255.255"),
+        ("2002:a00::/24", "10.0.0.0", "10.255.255.255"),  # 2002::/16 + n bits is IPv4 /n
+        ("2002:c000:200::/40", "192.0.2.0", "192.0.2.255"),
+        ("2002:c000:207::/48", "192.0.2.7", "192.0.2.7"),
+        # Networks that contain the IPv4 block contain every address that unwraps into it.
+        ("::/0", "::", "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff"),
+        ("::/1", "::", "7fff:ffff:ffff:ffff:ffff:ffff:ffff:ffff"),
+        ("::/64", "::", "::ffff:ffff:ffff:ffff"),
+        ("::/96", "::", "::255.255.255.255"),  # IPv4-compatible (deprecated) is not unwrapped
+        ("64:ff9b:1::/48", "64:ff9b:1::", "64:ff9b:1:ffff:ffff:ffff:ffff:ffff"),  # local-use NAT64 is not either
+    ],
+)
+def test_parse_network(text: str, first: str, last: str) -> None:
+    low, high, shown = parse_network(text)
+    assert (parse_address(first).key, parse_address(last).key, shown) == (low, high, text)
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("10.0.0.1/8", "has host bits set"),
+        ("::ffff:10.0.0.0/8", "has host bits set"),  # an IPv6 prefix, not an IPv4 one
+        ("10.0.0.0/33", "prefix length must be 0-32"),
+        ("10.0.0.0/", "prefix length must be 0-32"),
+        ("10.0.0.0/\u00b2", "prefix length must be 0-32"),
+        ("2001:db8::/129", "prefix length must be 0-128"),
+        ("not-a-net", "is not an IP network"),
+        ("2002:a00:1::/64", "inside the 6to4 site 2002:a00:1::/48"),  # every address in it is 10.0.0.1
+        ("2002:a00:1::1", "write '10.0.0.1'"),
+        ("2000::/3", "contains 2002::/16"),  # its 6to4 part would be IPv4 keys outside the range
+        ("2002::/15", "contains 2002::/16"),
+        ("64::/16", "contains 64:ff9b::/96"),
+        ("64:ff9b::/64", "contains 64:ff9b::/96"),
+    ],
+)
+def test_parse_network_problems(text: str, problem: str) -> None:
+    with pytest.raises(ValueError) as info:
+        parse_network(text)
+    assert str(info.value).startswith(repr(text)) and problem in str(info.value)
+
+
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+
+
+def _same_client(address: ipaddress.IPv6Address) -> list[ipaddress.IPv6Network]:
+    """Every IPv6 address keyed like *address*, as networks: itself, or all the forms of the IPv4 it carries."""
+    v4 = address.ipv4_mapped or address.sixtofour
+    if v4 is None and address in _NAT64:
+        v4 = ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+    if v4 is None:
+        return [ipaddress.ip_network(address)]
+    return [
+        ipaddress.ip_network(f"::ffff:{v4}"),
+        ipaddress.ip_network(f"64:ff9b::{v4}"),
+        ipaddress.ip_network(f"2002:{int(v4) >> 16:x}:{int(v4) & 0xFFFF:x}::/48"),
+    ]
+
+
+_BASES = st.sampled_from([0, V4_BASE, 0x64FF9B << 96, 0x2002 << 112, 0x20010DB8 << 96, 0x64 << 112])
+_NEAR_A_BASE = st.builds(
+    lambda base, bits, shift: base ^ bits >> shift, _BASES, st.integers(0, (1 << 128) - 1), st.integers(0, 128)
+)
+
+
+_PREFIXES = st.one_of(st.integers(0, 128), st.sampled_from([15, 16, 17, 24, 40, 48, 49, 95, 96, 97, 104, 128]))
+
+
+@settings(max_examples=1000)
+@given(_NEAR_A_BASE, _PREFIXES, _NEAR_A_BASE, st.booleans())
+@example(0x2002_0A00 << 96, 24, 0x2002_0A01 << 96, True)  # 2002:a00::/24 is 10.0.0.0/8, not 10.0.0.0/24
+@example(0x64FF9B << 96, 96, 0x64FF9B << 96 | 0x08080808, True)
+def test_network_ranges_match_exactly_the_addresses_keyed_into_them(
+    base: int, prefix: int, bits: int, inside: bool
+) -> None:
+    """A network's range holds the key of every address in it, and only keys of clients it contains."""
+    network = ipaddress.IPv6Network((base >> (128 - prefix) << (128 - prefix), prefix))
+    try:
+        first, last, _ = parse_network(network.with_prefixlen)
+    except ValueError:
+        return
+    address = ipaddress.IPv6Address(int(network.network_address) | (bits & int(network.hostmask)) if inside else bits)
+    key = address_key(str(address))
+    if address in network:
+        assert first <= key <= last
+    if first <= key <= last:
+        assert any(network.overlaps(form) for form in _same_client(address))

@@ -175,10 +175,10 @@ async def test_malformed_header_from_trusted_proxy_fails_closed(country_db: Path
     headers = {"x-forwarded-for": "8.8.8.8:junk", "x-test-identity": "us"}
     response = await send(middleware, "GET", "/weights/x", peer="10.1.1.1", headers=headers)
     assert response.status_code == 451
-    # The caller learns only that its location is unknown; the audit record says why.
+    # The caller learns only that its address could not be established; the audit record says why.
     assert response.json()["reasons"][0] == {
-        "code": "location_unknown",
-        "detail": "the location of the request could not be established",
+        "code": "client_address_invalid",
+        "detail": "the client address could not be established through the proxies in front of this service",
     }
     assert "malformed x-forwarded-for" in seen[0].reasons[0].detail
 

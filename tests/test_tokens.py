@@ -15,7 +15,7 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
-from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
+from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm, get_default_algorithms
 
 from geofence.identity import IdentityError
 from geofence.policy import PolicyError, parse_policy
@@ -55,6 +55,16 @@ def token(private: Any = RSA_KEY, algorithm: str = "RS256", kid: str | None = "r
 
 def b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def forge(header: dict[str, Any], payload: dict[str, Any] | bytes, key: Any) -> str:
+    """A JWS built by hand, signed with *key* by the header's ``alg``: for tokens PyJWT refuses to encode
+    (non-string ``iss``, weak keys, mismatched curves) and for attackers' tokens."""
+    body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+    signing_input = f"{b64(json.dumps(header).encode())}.{b64(body)}"
+    algorithm = header["alg"]
+    signature = b"" if algorithm == "none" else get_default_algorithms()[algorithm].sign(signing_input.encode(), key)
+    return f"{signing_input}.{b64(signature)}"
 
 
 def token_policy(directory: Path, country_db: Path, classes: str) -> tuple[Path, Path]:

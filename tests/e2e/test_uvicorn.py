@@ -94,7 +94,7 @@ def test_websocket_handshakes(server: RunningServer) -> None:
     ("allow_ips", "status", "code"),
     [
         ("127.0.0.1", 200, None),  # uvicorn resolves exactly as geofence would: accepted
-        ("*", 451, "location_unknown"),  # uvicorn trusts everything and takes the forged leftmost: refused
+        ("*", 451, "client_address_invalid"),  # uvicorn trusts everything and takes the forged leftmost: refused
     ],
 )
 def test_server_side_proxy_headers_are_detected(
@@ -106,7 +106,7 @@ def test_server_side_proxy_headers_are_detected(
             f"http://127.0.0.1:{running.port}/weights/a", headers={"X-Forwarded-For": "5.8.1.1, 8.8.8.8"}
         )
         assert response.status_code == status
-        if code is not None:  # the specific cause is logged; the response says only that the location is unknown
+        if code is not None:  # the specific cause is logged; the response says only that the address is untrusted
             assert response.json()["reasons"][0]["code"] == code
 
 

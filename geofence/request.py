@@ -1,0 +1,84 @@
+"""What a request *is*, read once from the ASGI scope: method, path, root path, host, peer, forwarding headers.
+
+Every later step (route, client address, identity) works from these facts, so geofence and the app behind it
+cannot disagree about which request they are looking at. Reading is one pass over the headers for the few
+that matter; anything ambiguous (two ``Host`` headers, a missing ``Host`` where host rules apply, a
+forwarding header too large to trust) is refused here rather than guessed.
+
+:attr:`RequestFacts.key` is the front-cache key. It holds client-controlled text, so it is None — the request
+is decided without caching — when that text is large, or when forwarding headers came from a peer that is not
+a trusted proxy (an attacker must not be able to fill the cache with header variants).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, MutableMapping
+from typing import Any, Final, NamedTuple
+
+__all__ = ["MAX_KEY_BYTES", "Refused", "RequestFacts", "read_request"]
+
+MAX_KEY_BYTES: Final = 2048
+"""Requests whose path, host and forwarding headers together are longer are decided without caching."""
+
+
+class Refused(Exception):
+    """A request geofence will not classify (ambiguous); it is denied with 503 and no traceback."""
+
+
+class RequestFacts(NamedTuple):
+    method: str
+    """The HTTP method, or ``WEBSOCKET`` for a WebSocket handshake."""
+    path: str
+    root_path: str
+    host: str
+    """The ``Host`` header as sent (latin-1), "" when the policy has no host rules."""
+    peer: str | None
+    """``scope["client"][0]``: the TCP peer, or the address a server rewrote it to."""
+    forwarding: Mapping[bytes, bytes]
+    """The watched forwarding headers present, each with all its lines joined by commas."""
+    key: tuple[Any, ...] | None
+    size: int
+    """Bytes of client-controlled text in :attr:`key` (for the cache's byte budget)."""
+
+
+_NO_HEADERS: Final[Mapping[bytes, bytes]] = {}
+
+
+def read_request(
+    scope: MutableMapping[str, Any],
+    watched: frozenset[bytes],
+    needs_host: bool,
+    trusted_peer: Callable[[str | None], bool],
+) -> RequestFacts:
+    """Read the facts of *scope*. *watched*: forwarding header names to collect; *trusted_peer(peer)*: whether
+    the peer is a configured proxy (decides whether its headers may be part of the cache key)."""
+    forwarding: dict[bytes, bytes] | None = None
+    host = ""
+    seen_host = False
+    for name, value in scope["headers"]:
+        if name in watched:
+            if forwarding is None:
+                forwarding = {}
+            previous = forwarding.get(name)
+            forwarding[name] = value if previous is None else previous + b"," + value
+        elif name == b"host" and needs_host:
+            if seen_host:  # servers and frameworks disagree on which copy wins: refuse to guess
+                raise Refused("the request has more than one Host header")
+            seen_host = True
+            host = value.decode("latin-1")
+    if needs_host and not seen_host:
+        raise Refused("the request has no Host header, and the policy has host rules")
+    client = scope.get("client")
+    peer = client[0] if client else None
+    method = scope["method"] if scope["type"] == "http" else "WEBSOCKET"
+    path = scope["path"]
+    root_path = scope.get("root_path", "")
+    size = len(path) + len(host) + len(root_path)
+    if forwarding is None:
+        key = (method, path, root_path, host, peer) if size <= MAX_KEY_BYTES else None
+        return RequestFacts(method, path, root_path, host, peer, _NO_HEADERS, key, size)
+    header_key = tuple(sorted(forwarding.items()))
+    size += sum(len(v) for v in forwarding.values())
+    cacheable = size <= MAX_KEY_BYTES and trusted_peer(peer)
+    keyed = (method, path, root_path, host, peer, header_key) if cacheable else None
+    return RequestFacts(method, path, root_path, host, peer, forwarding, keyed, size)

@@ -1,0 +1,137 @@
+"""The loaded state a request reads — policy, readers, proxies, keys, caches — built and validated as one.
+
+A request takes one reference to a :class:`State` and uses only it, so a reload (a new policy, a replaced
+database, rotated keys) swaps everything at once and no request ever mixes generations. The caches live
+here too: they belong to the readers and policy they were computed from.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping, MutableMapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from .addresses import address_key
+from .cache import BoundedCache
+from .client_ip import ProxyConfig
+from .decision import Decision
+from .errors import InvalidAddressError
+from .location import Location
+from .locator import Locator
+from .policy import Policy, load_policy, parse_policy
+from .responses import DenialResponse, ResponseConfig
+from .routes import Route
+from .tokens import TokenVerifier
+
+__all__ = ["Front", "State", "Where", "build_state", "signature"]
+
+
+class Where(NamedTuple):
+    """What is known per (peer, forwarding headers): the client's location or why there is none."""
+
+    location: Location | None
+    problem: str | None
+    exempt: str | None
+    broken: bool = False
+    """The problem is a broken proxy chain (denied as client_address_invalid), not an unknown location."""
+
+
+class Front(NamedTuple):
+    """What the front cache keeps per request key (method, path, root path, host, peer, trusted headers)."""
+
+    route: Route
+    where: Where
+    decision: Decision | None
+    """The decision, when identity and parameters play no part (most requests): the warm path ends here."""
+    private: bool
+    """Whether an allowed response must be marked private for shared caches."""
+
+
+@dataclass
+class State:
+    """Everything a request reads, built and validated together, swapped as one reference."""
+
+    policy: Policy
+    locator: Locator
+    proxies: ProxyConfig
+    watched: frozenset[bytes]
+    responses: ResponseConfig
+    verifier: TokenVerifier | None
+    identity_classes: frozenset[str]
+    """Classes with a person rule: only their requests resolve an identity."""
+    restricted_classes: frozenset[str]
+    """Classes that deny someone: their allowed responses are marked private for shared caches."""
+    websocket_grace: float = 0.0
+    signature: tuple[Any, ...] = ()
+    # Bounded by entries and bytes, evicting a little at a time (see cache.py): keys come from clients.
+    decisions: BoundedCache[tuple[str, int, int, str | None], tuple[Any, Any, Decision]] = field(
+        default_factory=lambda: BoundedCache(65_536, 32 << 20)
+    )
+    clients: BoundedCache[tuple[Any, ...], Where] = field(default_factory=lambda: BoundedCache(16_384, 8 << 20))
+    front: BoundedCache[tuple[Any, ...], Front] = field(default_factory=lambda: BoundedCache(16_384, 16 << 20))
+    peers: BoundedCache[str | None, bool] = field(default_factory=lambda: BoundedCache(4096, 1 << 20))
+
+    def trusted_peer(self, peer: str | None) -> bool:
+        """Whether *peer* is a configured proxy (memoised: called for every request with forwarding headers)."""
+        found = self.peers.get(peer)
+        if found is None:
+            if peer is None:
+                found = self.proxies.trust_unix
+            else:
+                try:
+                    found = self.proxies.is_trusted(address_key(peer))
+                except InvalidAddressError:
+                    found = False
+            self.peers.put(peer, found, len(peer or ""))
+        return found
+
+
+def build_state(
+    config: str | os.PathLike[str] | Policy | Mapping[str, Any] | None,
+    path: Path | None,
+    deny_hook: Callable[[Decision, MutableMapping[str, Any]], DenialResponse | None] | None,
+) -> State:
+    """Load and validate everything a request reads; raises on any problem (nothing is half-built)."""
+    if isinstance(config, Policy):
+        policy = config
+    elif isinstance(config, Mapping):
+        policy = parse_policy(config)
+    else:
+        policy = load_policy(path)
+    proxies = ProxyConfig.from_networks(policy.trusted_proxies, policy.proxy_header)
+    return State(
+        policy=policy,
+        locator=policy.locator(),
+        proxies=proxies,
+        watched=frozenset(proxies.watched),
+        responses=ResponseConfig(
+            blocked_by=policy.blocked_by,
+            vary=("Accept", "Authorization", "Cookie", policy.proxy_header.title()),
+            hook=deny_hook,
+        ),
+        verifier=TokenVerifier(policy.tokens) if policy.tokens is not None else None,
+        websocket_grace=policy.tokens.websocket_grace_seconds if policy.tokens is not None else 0.0,
+        identity_classes=frozenset(name for name, c in policy.classes.items() if c.persons.kind != "any"),
+        restricted_classes=frozenset(
+            name for name, c in policy.classes.items() if c.restricted and policy.private_cache
+        ),
+        signature=signature(path, policy),
+    )
+
+
+def signature(path: Path | None, policy: Policy | None) -> tuple[Any, ...]:
+    """What the watcher compares: the policy file and the databases it names, by inode, size and mtime."""
+    paths = [path] if path is not None else []
+    if policy is not None:
+        paths += [Path(p) for p in policy.databases or ()]
+        paths += list(policy.tokens.key_files if policy.tokens is not None else ())
+    found: list[tuple[Any, ...]] = []
+    for watched in paths:
+        try:
+            st = os.stat(watched)
+            found.append((str(watched), st.st_ino, st.st_size, st.st_mtime_ns))
+        except OSError:
+            found.append((str(watched), None))
+    return tuple(found)

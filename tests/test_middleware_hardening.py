@@ -1,0 +1,274 @@
+"""Hardening of the middleware glue: broken proxy chains, bounded caches under hostile input, log lines an
+attacker cannot forge, private marking of exempt responses, refusing to serve a broken policy, and WebSockets
+that end with the identity that allowed them."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import tracemalloc
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from geofence import Decision, Identity
+from geofence.middleware import GeofenceMiddleware
+
+from .test_middleware import Recorder, http_scope, policy, run_asgi, send
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+def seen_middleware(config: dict[str, Any], seen: list[Decision], **kw: Any) -> GeofenceMiddleware:
+    return GeofenceMiddleware(Recorder(), config=config, on_decision=lambda d, s: seen.append(d), **kw)
+
+
+# --- family 2: a broken proxy chain is its own denial -----------------------------------------------------
+
+
+@pytest.mark.parametrize("forwarded", ["8.8.8.8:junk", "unknown", "_hidden", "", "8.8.8.8, x, 9.9.9.9 9"])
+async def test_broken_chain_from_a_trusted_proxy_is_denied_even_where_unknown_locations_pass(
+    country_db: Path, anonymous_db: Path, forwarded: str
+) -> None:
+    seen: list[Decision] = []
+    middleware = seen_middleware(policy(country_db, anonymous_db), seen)
+    # EAR99 has unknown_location = "allow": an unknown location would pass, a broken chain must not.
+    response = await send(middleware, "GET", "/anything", peer="10.1.1.1", headers={"x-forwarded-for": forwarded})
+    assert response.status_code == 451, response.text
+    codes = [r["code"] for r in response.json()["reasons"]]
+    assert "client_address_invalid" in codes
+    # The caller learns nothing about the deployment; the audit record says why.
+    assert "x-forwarded-for" not in response.text.lower()
+    assert seen and any(r.code == "client_address_invalid" for r in seen[0].reasons)
+
+
+async def test_missing_header_from_a_trusted_proxy_is_a_broken_chain(country_db: Path, anonymous_db: Path) -> None:
+    middleware = GeofenceMiddleware(Recorder(), config=policy(country_db, anonymous_db))
+    response = await send(middleware, "GET", "/anything", peer="10.1.1.1")
+    assert response.status_code == 451
+    assert [r["code"] for r in response.json()["reasons"]] == ["client_address_invalid"]
+
+
+async def test_a_class_that_restricts_nobody_is_not_denied_for_a_broken_chain(
+    country_db: Path, anonymous_db: Path
+) -> None:
+    config = policy(country_db, anonymous_db)
+    config["classes"]["OPEN"] = {"unknown_location": "allow"}
+    config["routes"].insert(0, {"path": "/open", "class": "OPEN"})
+    middleware = GeofenceMiddleware(Recorder(), config=config)
+    response = await send(middleware, "GET", "/open", peer="10.1.1.1", headers={"x-forwarded-for": "junk"})
+    assert response.status_code == 200
+
+
+async def test_server_rewrite_without_proxies_configured_fails_closed_and_says_what_to_change(
+    country_db: Path, anonymous_db: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    config = policy(country_db, anonymous_db)
+    del config["proxies"]
+    middleware = GeofenceMiddleware(Recorder(), config=config)
+    # uvicorn's defaults trust 127.0.0.1 and replace scope["client"] with the X-Forwarded-For entry: the
+    # "peer" geofence sees is whatever the client wrote.
+    with caplog.at_level(logging.WARNING, logger="geofence"):
+        for _ in range(3):
+            forged = await send(middleware, "GET", "/anything", peer="8.8.8.8", headers={"x-forwarded-for": "8.8.8.8"})
+            assert forged.status_code == 451
+            assert "client_address_invalid" in [r["code"] for r in forged.json()["reasons"]]
+    warnings = [r for r in caplog.records if "proxy-headers" in r.getMessage() or "forwarded" in r.getMessage()]
+    assert len(warnings) == 1  # once, not per request
+    # A header that does not name the peer is only client noise: the peer is the client.
+    noise = await send(middleware, "GET", "/anything", peer="8.8.8.8", headers={"x-forwarded-for": "5.8.1.1"})
+    assert noise.status_code == 200
+
+
+# --- family 6: bounded by bytes under hostile input ------------------------------------------------------
+
+
+async def test_distinct_large_headers_do_not_accumulate_memory(country_db: Path, anonymous_db: Path) -> None:
+    middleware = GeofenceMiddleware(Recorder(), config=policy(country_db, anonymous_db))
+    await send(middleware, "GET", "/warm")
+    filler = "9" * (64 * 1024)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.take_snapshot()
+        for i in range(1500):
+            for peer in ("8.8.8.8", "10.1.1.1"):  # an untrusted peer and a trusted proxy
+                headers = [(b"x-forwarded-for", f"8.8.8.{i % 200}, {filler}{i}".encode())]
+                scope = http_scope(f"/p/{filler[:4000]}{i}", peer=peer, headers=headers)
+                await run_asgi(middleware, scope, [{"type": "http.request", "body": b""}])
+        after = tracemalloc.take_snapshot()
+    finally:
+        tracemalloc.stop()
+    grown = sum(stat.size_diff for stat in after.compare_to(before, "filename"))
+    assert grown < 4 * 1024 * 1024, f"{grown / 1e6:.1f} MB retained after 3,000 hostile requests"
+    state = middleware._state
+    assert state is not None
+    assert state.front.size_bytes <= state.front.max_bytes and state.clients.size_bytes <= state.clients.max_bytes
+
+
+async def test_the_hot_set_survives_a_flood_of_one_time_requests(country_db: Path, anonymous_db: Path) -> None:
+    middleware = GeofenceMiddleware(Recorder(), config=policy(country_db, anonymous_db))
+    state = middleware._state
+    assert state is not None
+    await send(middleware, "GET", "/hot")
+    hot_key = next(iter(state.front._data))
+    for i in range(state.front.max_entries + 100):
+        scope = http_scope(f"/cold/{i}")
+        await run_asgi(middleware, scope, [{"type": "http.request", "body": b""}])
+        if i % 1000 == 0:
+            await run_asgi(middleware, http_scope("/hot"), [{"type": "http.request", "body": b""}])
+    assert hot_key in state.front  # never cleared wholesale; the entry in use kept its place
+
+
+# --- family 7: logs an attacker cannot write into ---------------------------------------------------------
+
+
+async def test_decision_log_line_escapes_control_characters_and_names_the_resolved_client(
+    country_db: Path, anonymous_db: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    middleware = GeofenceMiddleware(Recorder(), config=policy(country_db, anonymous_db))
+    path = "/x\r\ndeny GET /forged client=1.2.3.4\u2028\x1b[31m"
+    with caplog.at_level(logging.INFO, logger="geofence.decision"):
+        sent = await run_asgi(
+            middleware,
+            http_scope(path, peer="10.1.1.1", headers=[(b"x-forwarded-for", b"5.8.1.1")]),
+            [{"type": "http.request", "body": b""}],
+        )
+    assert sent[0]["status"] == 451
+    lines = [r.getMessage() for r in caplog.records if r.name == "geofence.decision"]
+    assert len(lines) == 1
+    line = lines[0]
+    assert "\n" not in line and "\r" not in line and "\u2028" not in line and "\x1b" not in line
+    assert '"/x\\x0d\\x0adeny GET /forged client=1.2.3.4\\u2028\\x1b[31m"' in line  # one quoted field
+    assert "client=5.8.0.0/16 RU" in line and "10.1.1.1" not in line  # the client, not the proxy
+
+
+# --- family 8: exempt responses on restricted classes are still private -----------------------------------
+
+
+async def test_exempt_network_response_is_private_for_shared_caches(country_db: Path, anonymous_db: Path) -> None:
+    config = policy(country_db, anonymous_db, exempt={"networks": ["8.8.8.0/24"], "paths": ["/healthz"]})
+    middleware = GeofenceMiddleware(Recorder(), config=config)
+    response = await send(middleware, "GET", "/weights/a")  # 4E091 restricts; the network is exempt
+    assert response.status_code == 200
+    assert response.json()["reasons"] == ["exempt"]
+    assert response.headers["cache-control"] == "private"
+
+
+# --- family 9: an invalid policy at start never serves ---------------------------------------------------
+
+
+async def test_invalid_policy_fails_lifespan_startup_with_one_line(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[classes.EAR99]\ndeny_destinations = ["XX"]\n[[routes]]\npath = "nope"\nclass = "EAR99"\n')
+    middleware = GeofenceMiddleware(Recorder(), config=str(bad), reload=False)
+    sent = await run_asgi(middleware, {"type": "lifespan"}, [{"type": "lifespan.startup"}])
+    assert sent[0]["type"] == "lifespan.startup.failed"
+    assert "\n" not in sent[0]["message"] and "bad.toml" in sent[0]["message"]
+    assert "must start with '/'" in sent[0]["message"]
+
+
+async def test_invalid_policy_without_lifespan_answers_503_without_traceback(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[classes\n")
+    middleware = GeofenceMiddleware(Recorder(), config=str(bad), reload=False)
+    response = await send(middleware, "GET", "/anything")
+    assert response.status_code == 503
+    assert response.headers["content-type"] == "application/problem+json"
+    assert "Traceback" not in response.text and "bad.toml" not in response.text
+    ws = await run_asgi(middleware, {"type": "websocket", "path": "/", "headers": [], "client": ("8.8.8.8", 1)},
+                        [{"type": "websocket.connect"}])  # fmt: skip
+    assert ws[0]["type"] == "websocket.close"
+
+
+async def test_a_fixed_policy_file_starts_serving_without_a_restart(tmp_path: Path, country_db: Path) -> None:
+    path = tmp_path / "geofence.toml"
+    path.write_text("[classes\n")
+    middleware = GeofenceMiddleware(Recorder(), config=str(path), reload_interval=0.05)
+    try:
+        assert (await send(middleware, "GET", "/a")).status_code == 503
+        path.write_text(f'[geoip]\ndatabases = ["{country_db}"]\n[classes.EAR99]\n')
+        deadline = time.monotonic() + 5
+        while middleware.startup_error is not None and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        response = await send(middleware, "GET", "/a")
+        assert response.status_code == 200, response.text
+    finally:
+        middleware.close()
+
+
+async def test_missing_host_is_refused_when_host_rules_exist(country_db: Path, anonymous_db: Path) -> None:
+    config = policy(country_db, anonymous_db)
+    config["routes"].insert(0, {"host": "weights.example.com", "path": "/**", "class": "4E091"})
+    middleware = GeofenceMiddleware(Recorder(), config=config)
+    sent = await run_asgi(middleware, http_scope("/a"), [{"type": "http.request", "body": b""}])
+    assert sent[0]["status"] == 503
+
+
+# --- family 10: WebSockets end with the identity that allowed them ---------------------------------------
+
+
+class Echo:
+    """A WebSocket app that accepts, then echoes until the client leaves; records how it ended."""
+
+    def __init__(self) -> None:
+        self.ended: dict[str, Any] | None = None
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        assert (await receive())["type"] == "websocket.connect"
+        await send({"type": "websocket.accept"})
+        while True:
+            message = await receive()
+            if message["type"] == "websocket.disconnect":
+                self.ended = message
+                return
+            await send({"type": "websocket.send", "text": message.get("text", "")})
+
+
+async def test_websocket_is_closed_when_the_identity_expires(country_db: Path, anonymous_db: Path) -> None:
+    expires = time.time() + 0.3
+
+    def identity(scope: dict[str, Any]) -> Identity:
+        return Identity(us_person=True, nationalities=("US",), expires=expires)
+
+    echo = Echo()
+    middleware = GeofenceMiddleware(echo, config=policy(country_db, anonymous_db), identity=identity)
+    sent: list[dict[str, Any]] = []
+    incoming: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+    await incoming.put({"type": "websocket.connect"})
+    await incoming.put({"type": "websocket.receive", "text": "hello"})
+
+    async def send_(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {"type": "websocket", "path": "/weights/stream", "headers": [], "client": ("8.8.8.8", 1)}
+    started = time.monotonic()
+    await asyncio.wait_for(middleware(scope, incoming.get, send_), timeout=5)
+    assert [m["type"] for m in sent] == ["websocket.accept", "websocket.send", "websocket.close"]
+    assert sent[-1]["code"] == 1008 and sent[-1]["reason"] == "identity expired"
+    assert echo.ended == {"type": "websocket.disconnect", "code": 1008}
+    assert 0.2 < time.monotonic() - started < 2
+
+
+async def test_websocket_expired_before_accept_sends_nothing(country_db: Path, anonymous_db: Path) -> None:
+    def identity(scope: dict[str, Any]) -> Identity:
+        return Identity(us_person=True, expires=time.time() - 1)  # already expired: nothing may flow
+
+    class Talker:
+        async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+            await receive()
+            await send({"type": "websocket.accept"})
+            await send({"type": "websocket.send", "text": "secret"})
+
+    middleware = GeofenceMiddleware(Talker(), config=policy(country_db, anonymous_db), identity=identity)
+    scope = {"type": "websocket", "path": "/weights/stream", "headers": [], "client": ("8.8.8.8", 1)}
+    sent = await run_asgi(middleware, scope, [{"type": "websocket.connect"}])
+    assert [m["type"] for m in sent] == ["websocket.close"]
+    assert json.dumps(sent).find("secret") == -1
