@@ -20,14 +20,12 @@ from maxminddb.errors import InvalidDatabaseError
 
 from . import __version__
 from .addresses import parse_address
+from .cli_check import check_command
 from .databases import GeoDatabase, default_database_path, open_database
-from .decision import Decision, decide, error_decision
 from .errors import DatabaseError, GeofenceError
-from .identity import Identity, IdentityError, identity_from_claims
 from .location import Location
 from .locator import Locator
-from .policy import Policy, PolicyError, load_policy
-from .tokens import TokenVerifier
+from .policy import PolicyError, load_policy
 
 EXIT_OK = 0
 EXIT_DENIED = 1
@@ -115,7 +113,7 @@ def _parser() -> argparse.ArgumentParser:
     who.add_argument("--token", help="an identity token, verified with the policy's [identity] settings")
     check.add_argument("--config", metavar="FILE", help="policy file (default: the bundled example policy)")
     check.add_argument("--json", action="store_true", help="print the decision as JSON")
-    check.set_defaults(handler=_check)
+    check.set_defaults(handler=lambda args: EXIT_OK if check_command(args) else EXIT_DENIED)
 
     policy = commands.add_parser("policy", help="work with policy files").add_subparsers(
         title="policy commands", metavar="CMD"
@@ -299,107 +297,6 @@ def _verify(db: GeoDatabase) -> int:
     except (InvalidDatabaseError, ValueError, UnicodeDecodeError) as exc:
         raise GeofenceError(f"{db.info.path}: corrupt after {count} networks ({exc})") from None
     return count
-
-
-def _check(args: argparse.Namespace) -> int:
-    policy = load_policy(args.config)
-    address = parse_address(args.ip)
-    claims = None
-    if args.claims is not None:
-        try:
-            claims = json.loads(args.claims)
-        except ValueError as exc:
-            raise GeofenceError(f"--claims is not valid JSON ({exc})") from None
-    trace: list[str] = []
-    request: dict[str, Any] = {"ip": args.ip}
-    route_exempt = None
-    if args.export_class is not None:
-        if args.export_class not in policy.classes:
-            raise GeofenceError(f"unknown class {args.export_class!r} (defined: {', '.join(policy.classes)})")
-        export_class = args.export_class
-        trace.append(f"class: {export_class} (given)")
-    else:
-        from urllib.parse import unquote
-
-        target = args.path or "/"
-        path, _, query = target.partition("?")
-        request.update(method=args.method.upper(), host=args.host, path=target)
-        route = policy.routes.classify(args.method, args.host, unquote(path), args.root_path)  # as servers decode
-        body = args.body.encode() if args.body is not None else b""
-        headers = [
-            (n.strip().lower().encode(), v.strip().encode()) for n, _, v in (h.partition(":") for h in args.header)
-        ]
-        classes = [
-            r.params.classify(body, query.encode(), headers) if r.params is not None else (r.export_class, r.describe())
-            for r in (route, *route.also)
-        ]
-        export_class, why = classes[0]
-        trace.append(f"class: {export_class} ({why})")
-        trace.extend(f"another spelling the app may route is {c} ({w}): it must pass too" for c, w in classes[1:])
-        route_exempt = route.exempt
-    exempt = policy.exempt_network(address.key) or (route_exempt if args.export_class is None else None)
-    identity, problem = None, None
-    if claims is not None:
-        try:
-            tokens = policy.tokens  # the same rules as for a token: which claims count, which evidence is needed
-            if tokens is not None:
-                identity = identity_from_claims(
-                    claims, policy.claim_names, top_level=tokens.top_level_claims, requirements=tokens.requirements
-                )
-            else:
-                identity = identity_from_claims(claims, policy.claim_names)
-        except IdentityError as exc:
-            problem = f"identity claims rejected: {exc}"
-    elif args.token is not None:
-        identity, problem = _verify_token(policy, args.token)
-        trace.append(f"token: {'verified' if identity is not None else problem}")
-    if identity is not None:
-        trace.append(f"claims used: {identity.describe_source()}")
-    with policy.locator() as locator:
-        try:
-            location = locator.lookup_key(address.key)
-        except DatabaseError as exc:
-            decision = error_decision(policy, export_class, str(exc))
-        else:
-            decision = decide(
-                policy, export_class, location, identity, identity_problem=problem, exempt=exempt, trace=trace
-            )
-    if args.json:
-        print(json.dumps({"request": request, **decision.as_dict(), "trace": trace}))
-    else:
-        _print_decision(decision, request, trace, sys.stdout)
-    return EXIT_OK if decision.allowed else EXIT_DENIED
-
-
-def _verify_token(policy: Policy, token: str) -> tuple[Identity | None, str | None]:
-    if policy.tokens is None:
-        raise GeofenceError("the policy configures no token verification ([identity] issuer, audience, key source)")
-    verifier = TokenVerifier(policy.tokens)
-    if not verifier.ready.wait(10):
-        raise GeofenceError(f"could not fetch signing keys from {policy.tokens.jwks_url}")
-    try:
-        return verifier.identity(token.strip()), None
-    except IdentityError as exc:
-        return None, str(exc)
-
-
-def _print_decision(decision: Decision, request: dict[str, Any], trace: list[str], out: TextIO) -> None:
-    verdict = "ALLOWED" if decision.allowed else "DENIED"
-    if decision.allowed and decision.would_deny:
-        verdict = "ALLOWED (report mode: would be denied)"
-    print(f"{verdict}  status {decision.status}  class {decision.export_class}  mode {decision.mode}", file=out)
-    if "path" in request:
-        print(f"  request   {request['method']} {request['host']}{request['path']}", file=out)
-    location = decision.location
-    if location is not None:
-        where = location.country or f"not geolocatable ({location.reason})"
-        dbs = ", ".join(f"{Path(d.path).name} {d.build_date.isoformat()}" for d in location.databases) or "none"
-        print(f"  address   {request['ip']} -> {where}, network {location.network} (databases: {dbs})", file=out)
-    for i, line in enumerate(trace):
-        print(f"  {'trace' if i == 0 else '':<8}  {line}", file=out)
-    for reason in decision.reasons:
-        print(f"  reason    {reason.code}: {reason.detail}", file=out)
-    print(f"  policy    version {decision.policy_version}", file=out)
 
 
 def _policy_validate(args: argparse.Namespace) -> int:

@@ -32,7 +32,7 @@ from .errors import GeofenceError
 from .identity import Identity, IdentityError
 from .policy import Policy
 from .recording import DecisionRecorder, printable
-from .request import Refused, RequestFacts, read_request
+from .request import Refused, RequestFacts, read_request, request_key
 from .responses import DenialResponse, ResponseConfig, denial_response
 from .routes import Route
 from .state import Front, State, Where, build_state, signature
@@ -184,10 +184,10 @@ class GeofenceMiddleware:
         try:
             # One pass over the headers for the few this request needs, then one front-cache lookup that
             # answers route and client location together when this client has asked for this path before.
-            facts = read_request(scope, state.watched, state.policy.routes.needs_host, state.trusted_peer)
-            key = facts.key
+            key, host, forwarding = request_key(scope, state.watched, state.needs_host, state.trusted_peer)
             front = state.front.get(key) if key is not None else None
             if front is None:
+                facts = read_request(scope, key, host, forwarding)
                 front = self._front(state, scope, facts)
                 if key is not None:
                     state.front.put(key, front, facts.size)
@@ -195,7 +195,7 @@ class GeofenceMiddleware:
             private = front.private
             if decision is None:
                 decision, receive = await self._decide_request(state, scope, receive, front)
-                private = facts.method in _CACHEABLE and decision.export_class in state.restricted_classes
+                private = scope.get("method") in _CACHEABLE and decision.export_class in state.restricted_classes
         except Refused as exc:
             decision = error_decision(state.policy, _INTERNAL_ERROR_CLASS, str(exc))
         except Exception as exc:  # fail closed, and never show the client a traceback

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, MutableMapping
 from typing import Any, Final, NamedTuple
 
-__all__ = ["MAX_KEY_BYTES", "Refused", "RequestFacts", "read_request"]
+__all__ = ["MAX_KEY_BYTES", "Refused", "RequestFacts", "read_request", "request_key"]
 
 MAX_KEY_BYTES: Final = 2048
 """Requests whose path, host and forwarding headers together are longer are decided without caching."""
@@ -44,14 +44,18 @@ class RequestFacts(NamedTuple):
 _NO_HEADERS: Final[Mapping[bytes, bytes]] = {}
 
 
-def read_request(
+def request_key(
     scope: MutableMapping[str, Any],
     watched: frozenset[bytes],
     needs_host: bool,
     trusted_peer: Callable[[str | None], bool],
-) -> RequestFacts:
-    """Read the facts of *scope*. *watched*: forwarding header names to collect; *trusted_peer(peer)*: whether
-    the peer is a configured proxy (decides whether its headers may be part of the cache key)."""
+) -> tuple[tuple[Any, ...] | None, str, Mapping[bytes, bytes]]:
+    """The hot half of reading a request: one pass over the headers, and the front-cache key.
+
+    Returns (key, host, forwarding headers). *watched*: forwarding header names to collect; *trusted_peer*:
+    whether a peer is a configured proxy (only then may its headers be part of a key). Raises
+    :class:`Refused` for an ambiguous request. The full :class:`RequestFacts` are built only on a cache miss.
+    """
     forwarding: dict[bytes, bytes] | None = None
     host = ""
     seen_host = False
@@ -61,7 +65,7 @@ def read_request(
                 forwarding = {}
             previous = forwarding.get(name)
             forwarding[name] = value if previous is None else previous + b"," + value
-        elif name == b"host" and needs_host:
+        elif needs_host and name == b"host":
             if seen_host:  # servers and frameworks disagree on which copy wins: refuse to guess
                 raise Refused("the request has more than one Host header")
             seen_host = True
@@ -70,15 +74,27 @@ def read_request(
         raise Refused("the request has no Host header, and the policy has host rules")
     client = scope.get("client")
     peer = client[0] if client else None
-    method = scope["method"] if scope["type"] == "http" else "WEBSOCKET"
     path = scope["path"]
     root_path = scope.get("root_path", "")
-    size = len(path) + len(host) + len(root_path)
+    method = scope.get("method") or "WEBSOCKET"
     if forwarding is None:
-        key = (method, path, root_path, host, peer) if size <= MAX_KEY_BYTES else None
-        return RequestFacts(method, path, root_path, host, peer, _NO_HEADERS, key, size)
+        if len(path) + len(host) + len(root_path) > MAX_KEY_BYTES:
+            return None, host, _NO_HEADERS
+        return (method, path, root_path, host, peer), host, _NO_HEADERS
     header_key = tuple(sorted(forwarding.items()))
-    size += sum(len(v) for v in forwarding.values())
-    cacheable = size <= MAX_KEY_BYTES and trusted_peer(peer)
-    keyed = (method, path, root_path, host, peer, header_key) if cacheable else None
-    return RequestFacts(method, path, root_path, host, peer, forwarding, keyed, size)
+    size = len(path) + len(host) + len(root_path) + sum(len(v) for v in forwarding.values())
+    if size > MAX_KEY_BYTES or not trusted_peer(peer):
+        return None, host, forwarding
+    return (method, path, root_path, host, peer, header_key), host, forwarding
+
+
+def read_request(
+    scope: MutableMapping[str, Any], key: tuple[Any, ...] | None, host: str, forwarding: Mapping[bytes, bytes]
+) -> RequestFacts:
+    """The facts of a request whose key missed the front cache (from :func:`request_key`'s results)."""
+    client = scope.get("client")
+    path = scope["path"]
+    root_path = scope.get("root_path", "")
+    size = len(path) + len(host) + len(root_path) + sum(len(v) for v in forwarding.values())
+    method = scope.get("method") or "WEBSOCKET"
+    return RequestFacts(method, path, root_path, host, client[0] if client else None, forwarding, key, size)

@@ -23,6 +23,7 @@ from typing import Final, NamedTuple
 
 from .cache import BoundedCache
 from .params import DEFAULT_MAX_BODY, Param, ParamRule, compile_param, param_problems
+from .request import MAX_KEY_BYTES
 
 __all__ = [
     "DEFAULT_MAX_BODY",
@@ -188,7 +189,9 @@ class RouteTable:
             if exempt_paths
             else None
         )
-        self._memo: BoundedCache[tuple[str, str, str, str], Route] = BoundedCache(_MEMO_ENTRIES, _MEMO_BYTES)
+        self._memo: BoundedCache[tuple[str, str, str, str], Route] = BoundedCache(
+            _MEMO_ENTRIES, _MEMO_BYTES, max_item_bytes=MAX_KEY_BYTES
+        )
 
     @property
     def rules(self) -> tuple[RouteRule, ...]:

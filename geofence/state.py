@@ -57,6 +57,7 @@ class State:
     locator: Locator
     proxies: ProxyConfig
     watched: frozenset[bytes]
+    needs_host: bool
     responses: ResponseConfig
     verifier: TokenVerifier | None
     identity_classes: frozenset[str]
@@ -106,6 +107,7 @@ def build_state(
         locator=policy.locator(),
         proxies=proxies,
         watched=frozenset(proxies.watched),
+        needs_host=policy.routes.needs_host,
         responses=ResponseConfig(
             blocked_by=policy.blocked_by,
             vary=("Accept", "Authorization", "Cookie", policy.proxy_header.title()),

@@ -47,3 +47,15 @@ def test_header_rules(capsys: pytest.CaptureFixture[str], tmp_path: Any) -> None
     assert (code, decision["export_class"]) == (1, "C")
     code, decision = check(capsys, "--path", "/x", "--header", "X-Model: other", "--config", str(policy))
     assert (code, decision["export_class"]) == (0, "EAR99")
+
+
+def test_every_spelling_is_decided_and_the_first_denial_wins(capsys: pytest.CaptureFixture[str], tmp_path: Any) -> None:
+    policy = tmp_path / "policy.toml"
+    policy.write_text(
+        '[classes.EAR99]\n[classes.C]\nallow_destinations = ["US"]\n[[routes]]\npath = "/x/*/y"\nclass = "C"\n'
+    )
+    # "/x//y" is "/x/y" to a framework that collapses slashes (EAR99, allowed in GB) but matches "/x/*/y" as
+    # sent (C, US only): the request must be denied, as the middleware denies it.
+    code, decision = check(capsys, "--config", str(policy), "--path", "/x//y")
+    assert code == 1 and decision["export_class"] == "C"
+    assert [r["code"] for r in decision["reasons"]] == ["destination_not_allowed"]
