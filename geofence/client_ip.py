@@ -52,7 +52,7 @@ _FORWARDED_PAIR: Final = re.compile(rf'\s*({_TOKEN})=({_TOKEN}|"(?:[^"\\]|\\.)*"
 _PORT: Final = re.compile(r"[0-9]{1,5}|_[A-Za-z0-9._-]+")  # RFC 7239 node-port: port / obfport
 _OBFUSCATED: Final = re.compile(r"_[A-Za-z0-9._-]+")  # RFC 7239 obfnode
 # Any for= value, however malformed the rest of the field: only used to find evidence of a rewrite.
-_ANY_FOR: Final = re.compile(r'for\s*=\s*"?\s*([^\s,;"]*)', re.IGNORECASE)
+_ADDRESS_RUN: Final = re.compile(r"[0-9A-Fa-f:.]{2,}")
 _FIX: Final = (
     "run the server without proxy headers (uvicorn --no-proxy-headers, no hypercorn ProxyFixMiddleware), "
     "or set [proxies] to match what it trusts (uvicorn --forwarded-allow-ips)"
@@ -263,7 +263,7 @@ def _check_server_rewrite(
                 f"{name.decode('latin-1')} is longer than {config.max_header_bytes} bytes, so whether the server "
                 "replaced the client address from it cannot be checked"
             )
-        if peer_key in _listed(value.decode("latin-1"), name):
+        if peer_key in _listed(value.decode("latin-1")):
             break
     else:
         return ClientAddress(peer_key, peer_text)  # listed nowhere: the peer is the client
@@ -279,20 +279,19 @@ def _check_server_rewrite(
     return _broken(f"{shown}, but [proxies] disagrees {why}: {_FIX}")
 
 
-def _listed(value: str, name: bytes) -> Iterator[int]:
-    """Every address a server could have taken from header *name*, parsed leniently: entries we cannot parse
-    are skipped, so one bad entry cannot hide the rest."""
-    if name == _FORWARDED:
-        candidates: Iterable[str] = (match.group(1) for match in _ANY_FOR.finditer(value))
-    else:
-        candidates = (part.strip() for part in value.split(","))
-    for candidate in candidates:
-        try:
-            key = _node_key(candidate, bracketed_ipv6=False)
-        except InvalidAddressError:
-            continue
-        if key is not None:
-            yield key
+def _listed(value: str) -> Iterator[int]:
+    """Every address a server could have taken from a forwarding header, read more leniently than any server
+    reads it: each run of address characters, with and without a trailing ``:port``, whatever surrounds it.
+    Servers differ (uvicorn strips brackets and accepts ports like ``:+80``, ``:1_0`` or ``:123456``); if a
+    spelling we refuse could still have become the peer, it must count as listed, or the rewrite is hidden."""
+    for match in _ADDRESS_RUN.finditer(value):
+        run = match.group()
+        for candidate in (run, run.rpartition(":")[0]):
+            if candidate:
+                try:
+                    yield address_key(candidate)
+                except InvalidAddressError:
+                    continue
 
 
 def _short(text: str) -> str:

@@ -207,7 +207,14 @@ def test_invalid_peer_from_the_server(peer: str) -> None:
         # The peer is listed nowhere: a client sending headers of its own, which are noise.
         (XFF, "8.8.8.8", {"x_forwarded_for": "1.2.3.4"}, "peer"),
         (NO_PROXIES, "8.8.8.8", {"x_forwarded_for": "1.2.3.4", "forwarded": "for=5.6.7.8"}, "peer"),
-        (NO_PROXIES, "8.8.8.8", {"forwarded": "for=1.2.3.4;by=8.8.8.8"}, "peer"),  # by= is not a client
+        # Any spelling of the peer anywhere counts (even by=): reading more leniently than every server is what
+        # keeps a server's lenient rewrite visible; a client naming its own address only denies itself.
+        (NO_PROXIES, "8.8.8.8", {"forwarded": "for=1.2.3.4;by=8.8.8.8"}, "broken"),
+        (NO_PROXIES, "8.8.8.8", {"x_forwarded_for": "[8.8.8.8]"}, "broken"),  # uvicorn strips the brackets
+        (NO_PROXIES, "8.8.8.8", {"x_forwarded_for": "8.8.8.8:+80"}, "broken"),  # and takes int("+80")
+        (NO_PROXIES, "8.8.8.8", {"x_forwarded_for": "8.8.8.8:1_0"}, "broken"),
+        (NO_PROXIES, "8.8.8.8", {"x_forwarded_for": "8.8.8.8:123456"}, "broken"),
+        (XFF, "8.8.8.8", {"x_forwarded_for": "[8.8.8.8]:80"}, "broken"),
         # A trust-everything server took the leftmost address, which the caller wrote.
         (XFF, "6.6.6.6", {"x_forwarded_for": "6.6.6.6, 1.2.3.4"}, "broken"),
         # One unparseable entry does not hide the rest (the old check gave up and accepted the peer).
