@@ -83,11 +83,18 @@ CALLS: dict[str, tuple[str, Call]] = {
 }
 
 
-@pytest.mark.parametrize(("sdk", "call"), CALLS.values(), ids=CALLS.keys())
-@pytest.mark.parametrize("model", ["mythos-5", "fable-5-20260601", "MYTHOS-5"])
+# Model names in JSON are matched case-insensitively (`matches`); a model-named *path* is case-sensitive like
+# the app's routes (/v1/models/MYTHOS-5 names another, unknown model), so that one combination is not listed.
+CONTROLLED = [
+    pytest.param(sdk, call, model, id=f"{name}-{model}")
+    for name, (sdk, call) in CALLS.items()
+    for model in ("mythos-5", "fable-5-20260601", "MYTHOS-5")
+    if not (name == "models.retrieve" and model == "MYTHOS-5")
+]
+
+
+@pytest.mark.parametrize(("sdk", "call", "model"), CONTROLLED)
 def test_controlled_models_are_refused(server: RunningServer, sdk: str, call: Call, model: str) -> None:
-    if model == "MYTHOS-5" and call is CALLS["models.retrieve"][1]:
-        pytest.skip("paths are case-sensitive: /v1/models/MYTHOS-5 is another (unknown) model")
     with client(server, sdk, US) as us, pytest.raises((anthropic.AuthenticationError, openai.AuthenticationError)) as e:
         call(us, model)
     assert e.value.status_code == 401  # a U.S. caller, but no verified U.S.-person identity
