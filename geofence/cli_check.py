@@ -18,6 +18,7 @@ from .tokens import TokenVerifier
 
 __all__ = ["check_command"]
 
+
 def check_command(args: argparse.Namespace) -> bool:
     """``geofence check``: decide one request offline and print it with a trace of every rule; True if allowed."""
     policy = load_policy(args.config)

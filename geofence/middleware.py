@@ -263,14 +263,19 @@ class GeofenceMiddleware:
     def _strictest(
         self, state: State, scope: Scope, where: Where, classes: Iterable[tuple[str, str | None]]
     ) -> Decision:
-        """Every spelling of the request the app might route must be allowed: the first denial wins."""
-        decision = None
+        """Every spelling of the request the app might route must be allowed: the first denial wins. When all
+        are allowed, the one that says most about the request wins (an identity, then a restricting class),
+        so the app, the private marking and the WebSocket expiry see the strictest class that applied."""
+        best = None
         for export_class, exempt in classes:
             found = self._decide(state, scope, export_class, exempt or where.exempt, where)
-            if decision is None or (decision.allowed and not found.allowed):
-                decision = found
-        assert decision is not None
-        return decision
+            if not found.allowed:
+                return found
+            rank = (found.identity is not None, found.export_class in state.restricted_classes)
+            if best is None or rank > best[0]:
+                best = (rank, found)
+        assert best is not None
+        return best[1]
 
     def _decide(self, state: State, scope: Scope, export_class: str, exempt: str | None, where: Where) -> Decision:
         """Identity, then the decision: one cached answer per (class, network, identity) object."""

@@ -411,8 +411,8 @@ def _route(i: int, raw: Any, classes: Mapping[str, ClassPolicy], check: Checker)
     else:
         _known_class(export_class, f"{path}.class", classes, check)
     methods = tuple(m.upper() for m in check.strings(table.get("method"), f"{path}.method"))
-    if "GET" in methods and "HEAD" not in methods:
-        methods += ("HEAD",)  # frameworks answer HEAD with the GET handler
+    if "GET" in methods:  # frameworks answer HEAD with the GET handler, and a WebSocket handshake is a GET
+        methods += tuple(m for m in ("HEAD", "WEBSOCKET") if m not in methods)
     for m in methods:
         if m not in _METHODS:
             check.error(f"{path}.method", f"{m!r} is not an HTTP method (or WEBSOCKET)")

@@ -12,6 +12,7 @@ a trusted proxy (an attacker must not be able to fill the cache with header vari
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping, MutableMapping
 from typing import Any, Final, NamedTuple
 
@@ -19,6 +20,11 @@ __all__ = ["MAX_KEY_BYTES", "Refused", "RequestFacts", "read_request", "request_
 
 MAX_KEY_BYTES: Final = 2048
 """Requests whose path, host and forwarding headers together are longer are decided without caching."""
+
+
+# A DNS name (labels, optional trailing dot) or a bracketed IPv6 literal, then an optional port. Anything
+# else — "user@host", "host/x", "a,b", spaces — frameworks parse differently, so it matches no host rule safely.
+_HOST: Final = re.compile(r"(?:[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*\.?|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?")
 
 
 class Refused(Exception):
@@ -70,19 +76,19 @@ def request_key(
                 raise Refused("the request has more than one Host header")
             seen_host = True
             host = value.decode("latin-1")
-    if needs_host and not seen_host:
-        raise Refused("the request has no Host header, and the policy has host rules")
+    if needs_host and not host:
+        raise Refused("the request has no (or an empty) Host header, and the policy has host rules")
     client = scope.get("client")
     peer = client[0] if client else None
     path = scope["path"]
     root_path = scope.get("root_path", "")
     method = scope.get("method") or "WEBSOCKET"
     if forwarding is None:
-        if len(path) + len(host) + len(root_path) > MAX_KEY_BYTES:
+        if len(method) + len(path) + len(host) + len(root_path) > MAX_KEY_BYTES:
             return None, host, _NO_HEADERS
         return (method, path, root_path, host, peer), host, _NO_HEADERS
     header_key = tuple(sorted(forwarding.items()))
-    size = len(path) + len(host) + len(root_path) + sum(len(v) for v in forwarding.values())
+    size = len(method) + len(path) + len(host) + len(root_path) + sum(len(v) for v in forwarding.values())
     if size > MAX_KEY_BYTES or not trusted_peer(peer):
         return None, host, forwarding
     return (method, path, root_path, host, peer, header_key), host, forwarding
@@ -92,9 +98,11 @@ def read_request(
     scope: MutableMapping[str, Any], key: tuple[Any, ...] | None, host: str, forwarding: Mapping[bytes, bytes]
 ) -> RequestFacts:
     """The facts of a request whose key missed the front cache (from :func:`request_key`'s results)."""
+    if host and _HOST.fullmatch(host) is None:  # only read when host rules exist; validated once per key
+        raise Refused("the request's Host header is not a host name")
     client = scope.get("client")
     path = scope["path"]
     root_path = scope.get("root_path", "")
-    size = len(path) + len(host) + len(root_path) + sum(len(v) for v in forwarding.values())
     method = scope.get("method") or "WEBSOCKET"
+    size = len(method) + len(path) + len(host) + len(root_path) + sum(len(v) for v in forwarding.values())
     return RequestFacts(method, path, root_path, host, client[0] if client else None, forwarding, key, size)

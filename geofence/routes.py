@@ -79,7 +79,12 @@ def path_spellings(path: str, root_path: str = "") -> tuple[str, ...]:
     root = root_path.rstrip("/")
     if root and path.startswith(root) and (len(path) == len(root) or path[len(root)] == "/"):
         app = path[len(root) :] or "/"
-    return tuple(dict.fromkeys((normalise_path(app), app, normalise_path(path), path)))
+    spellings = [normalise_path(app), app, normalise_path(path), path]
+    if root and root in path:  # Litestar routes what follows the root path's first occurrence *anywhere*
+        rest = path.split(root, 1)[1]  # (hypercorn leaves the root path out of path: /x/api/v1 -> /v1)
+        rest = rest if rest.startswith("/") else "/" + rest
+        spellings += [normalise_path(rest), rest]
+    return tuple(dict.fromkeys(spellings))
 
 
 def canonical_host(host: str) -> str:

@@ -141,6 +141,16 @@ async def test_the_hot_set_survives_a_flood_of_one_time_requests(country_db: Pat
     assert hot_key in state.front  # never cleared wholesale; the entry in use kept its place
 
 
+async def test_long_methods_count_against_the_byte_budget(country_db: Path, anonymous_db: Path) -> None:
+    middleware = GeofenceMiddleware(Recorder(), config=policy(country_db, anonymous_db))
+    state = middleware._state
+    assert state is not None
+    for i in range(200):  # h11 accepts any token as a method, up to its header size limit
+        scope = http_scope("/v1/models", method=f"X{i:05d}" + "A" * 15_000)
+        await run_asgi(middleware, scope, [{"type": "http.request", "body": b""}])
+    assert len(state.front) == 0 and retained_bytes(state.front, state.policy.routes._memo) < 256 * 1024
+
+
 # --- family 7: logs an attacker cannot write into ---------------------------------------------------------
 
 
@@ -174,6 +184,43 @@ async def test_exempt_network_response_is_private_for_shared_caches(country_db: 
     assert response.status_code == 200
     assert response.json()["reasons"] == ["exempt"]
     assert response.headers["cache-control"] == "private"
+
+
+async def test_when_every_spelling_is_allowed_the_strictest_class_decides(country_db: Path, anonymous_db: Path) -> None:
+    async def public_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        headers = [(b"content-type", b"application/json"), (b"cache-control", b"public, max-age=600")]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": scope["state"]["geofence"].export_class.encode()})
+
+    config = policy(country_db, anonymous_db)
+    config["classes"]["OPEN"] = {"unknown_location": "allow"}
+    config["classes"]["USONLY"] = {"allow_destinations": ["US"]}
+    config["defaults"] = {"class": "OPEN"}
+    config["routes"] = [{"path": "/v1/x/**", "class": "USONLY"}]
+    middleware = GeofenceMiddleware(public_app, config=config)
+    for path in ("/v1/x/y", "/v1/x/../y"):  # Starlette routes the second as sent, into /v1/x/{rest:path}
+        sent = await run_asgi(middleware, http_scope(path), [{"type": "http.request", "body": b""}])
+        assert sent[0]["status"] == 200 and sent[1]["body"] == b"USONLY", path
+        assert dict(sent[0]["headers"])[b"cache-control"] == b"private, max-age=600", path
+
+
+@pytest.mark.parametrize("host", [b"user@api.example.com", b"api.example.com/x", b"api.example.com,other", b"a b", b""])
+async def test_hosts_frameworks_read_differently_are_refused_when_host_rules_exist(
+    country_db: Path, anonymous_db: Path, host: bytes
+) -> None:
+    config = policy(country_db, anonymous_db)
+    config["routes"].insert(0, {"host": "api.example.com", "path": "/v1/secret/**", "class": "4E091"})
+    middleware = GeofenceMiddleware(Recorder(), config=config)
+    sent = await run_asgi(
+        middleware, http_scope("/v1/secret/a", headers=[(b"host", host)]), [{"type": "http.request", "body": b""}]
+    )
+    assert sent[0]["status"] == 503
+    ok = await run_asgi(
+        middleware,
+        http_scope("/v1/secret/a", headers=[(b"host", b"API.example.com.:8443")]),
+        [{"type": "http.request", "body": b""}],
+    )
+    assert ok[0]["status"] == 401  # the rule's class: a verified identity is needed
 
 
 # --- family 9: an invalid policy at start never serves ---------------------------------------------------

@@ -245,6 +245,6 @@ def test_wrong_section_types_are_problems_not_crashes(key: str) -> None:
     assert found and all("Traceback" not in p for p in found)
 
 
-def test_get_rules_cover_head() -> None:
+def test_get_rules_cover_head_and_websocket_handshakes() -> None:
     policy = parse_policy({**MINIMAL, "routes": [{"method": "GET", "path": "/w", "class": "EAR99"}]})
-    assert policy.routes.rules[0].methods == ("GET", "HEAD")
+    assert policy.routes.rules[0].methods == ("GET", "HEAD", "WEBSOCKET")  # a handshake is a GET on the wire

@@ -461,6 +461,17 @@ def test_root_path(server: str, options: dict[str, Any], targets: list[str], cou
     assert expected <= served(outcome), outcome
 
 
+def test_litestar_under_hypercorn_root_path_routes_after_the_roots_first_occurrence(country_db: Path) -> None:
+    """hypercorn leaves ``--root-path`` out of ``path``, and Litestar routes whatever follows the root path's
+    first occurrence *anywhere* in it: ``/x/api/v1/messages`` reaches ``/v1/messages``."""
+    pytest.importorskip("litestar")
+    spec = {"app": "litestar", "policies": variants(country_db)}
+    targets = ["/v1/messages", "/api/v1/messages", "/x/api/v1/messages", "/x/api/v1/messages/", "/apiv1/messages"]
+    with serve_spec("hypercorn", spec, root_path="/api") as port:
+        outcome = check_spellings(port, targets)
+    assert {"/x/api/v1/messages", "/x/api/v1/messages/"} <= served(outcome), outcome
+
+
 @pytest.mark.parametrize("server", ["uvicorn", "hypercorn"])
 def test_mount(server: str, country_db: Path) -> None:
     """``Mount("/api", app=inner)``, geofence added to ``inner``: it sees ``path = "/api/v1/messages"`` and
