@@ -248,6 +248,11 @@ def parse_network(text: str) -> tuple[int, int, str]:
                     f"{text!r} is inside the 6to4 site {site}, whose addresses are all matched as the IPv4 "
                     f"address {v4} they carry: write {v4!r} (or {site!r})"
                 )
+            if v4_prefix < 8 and version == 6:  # "2002::/16" reads as a 6to4 block but means all of IPv4
+                raise ValueError(
+                    f"{text!r} means the IPv4 network {key_address(V4_BASE | ((key >> low_bit) & 0xFFFFFFFF)).text}"
+                    f"/{v4_prefix}, which is most or all of IPv4: write the IPv4 networks you mean"
+                )
             first = V4_BASE | ((key >> low_bit) & 0xFFFFFFFF)
             return first, first | ((1 << (32 - v4_prefix)) - 1), text
         if (

@@ -268,7 +268,7 @@ def _check_server_rewrite(
     else:
         return ClientAddress(peer_key, peer_text)  # listed nowhere: the peer is the client
     shown = f"the server replaced the client address with {str(peer_text)[:60]!r} from a forwarding header"
-    if not config.trusted:
+    if not config.trusted and not config.trust_unix:
         return _broken(f"{shown}, but [proxies] trusts no proxy address: {_FIX}")
     if config.watched[0] not in headers:
         return _broken(f"{shown}, but the request has no {config.header} header ([proxies] header): {_FIX}")

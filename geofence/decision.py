@@ -41,7 +41,6 @@ IDENTITY_INVALID: Final = "identity_invalid"
 ANONYMIZER: Final = "anonymizer"
 LOCATION_UNKNOWN: Final = "location_unknown"
 CLIENT_ADDRESS_INVALID: Final = "client_address_invalid"
-CLIENT_PREFIX: Final = "client address cannot be trusted: "
 EXEMPT: Final = "exempt"
 REPORT_ONLY: Final = "report_only"
 ERROR: Final = "error"
@@ -123,7 +122,7 @@ def decide(
         reasons: list[Reason] = []
         if client_problem is not None:
             if cls.restricted:
-                reasons.append(Reason(CLIENT_ADDRESS_INVALID, CLIENT_PREFIX + client_problem))
+                reasons.append(Reason(CLIENT_ADDRESS_INVALID, f"client address cannot be trusted: {client_problem}"))
             if trace is not None:
                 trace.append(f"client address: {client_problem}; denied on classes that restrict anyone")
         _location_rule(policy, cls, location, location_problem or client_problem, reasons, trace)

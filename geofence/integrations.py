@@ -11,8 +11,8 @@ import functools
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any, TypeVar
 
-from .decision import CLIENT_ADDRESS_INVALID, CLIENT_PREFIX, LOCATION_UNKNOWN, Decision, decide, error_decision
-from .middleware import MIDDLEWARE_KEY, POLICY_KEY, STATE_KEY
+from .decision import LOCATION_UNKNOWN, Decision, decide, error_decision
+from .middleware import CLIENT_KEY, MIDDLEWARE_KEY, POLICY_KEY, STATE_KEY
 
 __all__ = ["GeofenceDenied", "check_class", "install_handler", "require_class", "requires_class"]
 
@@ -38,7 +38,11 @@ def check_class(scope: MutableMapping[str, Any], export_class: str) -> Decision:
         return error_decision(policy, export_class, f"unknown class {export_class!r}", current.location)
     if current.export_class == export_class:
         return current
-    exempt = current.reasons[0].detail if current.reasons and current.reasons[0].code == "exempt" else None
+    # The client's own facts carry over: its exempt network (an exempt *path* exempts the route's class, not a
+    # class the code demands) and a broken proxy chain, which the route's class may not have cared about.
+    where = state.get(CLIENT_KEY)
+    exempt = where.exempt if where is not None else None
+    client_problem = where.problem if where is not None and where.broken else None
     identity = current.identity
     problem = next((r.detail for r in current.reasons if r.code == "identity_invalid"), None)
     middleware = state.get(MIDDLEWARE_KEY)
@@ -46,9 +50,6 @@ def check_class(scope: MutableMapping[str, Any], export_class: str) -> Decision:
         # The route's own class needed no identity, so the middleware did not read one: read it now.
         identity, problem = middleware.identity_of(scope)
     location_problem = next((r.detail for r in current.reasons if r.code == LOCATION_UNKNOWN), None)
-    client_problem = next(
-        (r.detail.removeprefix(CLIENT_PREFIX) for r in current.reasons if r.code == CLIENT_ADDRESS_INVALID), None
-    )
     return decide(
         policy, export_class, current.location, identity,
         identity_problem=problem, location_problem=location_problem, client_problem=client_problem, exempt=exempt,

@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import re
 import threading
 from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping
 from pathlib import Path
@@ -53,9 +54,12 @@ log = logging.getLogger("geofence")
 STATE_KEY: Final = "geofence"
 POLICY_KEY: Final = "geofence.policy"
 MIDDLEWARE_KEY: Final = "geofence.middleware"
+CLIENT_KEY: Final = "geofence.client"
+"""The resolved client (location, why there is none, exempt network, broken chain) for per-endpoint checks."""
 _INTERNAL_ERROR_CLASS: Final = "unknown"
 _CACHEABLE: Final = frozenset({"GET", "HEAD"})  # what shared caches store without explicit opt-in
 _MAX_WARNINGS: Final = 16
+_VARIABLE: Final = re.compile(r"'[^']*'|\"[^\"]*\"|\S*\d\S*")  # quoted values, addresses, numbers
 
 
 class GeofenceMiddleware:
@@ -181,6 +185,7 @@ class GeofenceMiddleware:
             await self._refuse_unconfigured(scope, receive, send)
             return
         private = False
+        where = None
         try:
             # One pass over the headers for the few this request needs, then one front-cache lookup that
             # answers route and client location together when this client has asked for this path before.
@@ -192,7 +197,7 @@ class GeofenceMiddleware:
                 if key is not None:
                     state.front.put(key, front, facts.size)
             decision = front.decision  # set when nothing but the request key can change the answer
-            private = front.private
+            private, where = front.private, front.where
             if decision is None:
                 decision, receive = await self._decide_request(state, scope, receive, front)
                 private = scope.get("method") in _CACHEABLE and decision.export_class in state.restricted_classes
@@ -207,6 +212,7 @@ class GeofenceMiddleware:
         scope_state[STATE_KEY] = decision
         scope_state[POLICY_KEY] = state.policy
         scope_state[MIDDLEWARE_KEY] = self
+        scope_state[CLIENT_KEY] = where
         if decision.allowed:
             if decision.reasons and decision.would_deny:
                 self.recorder.record("would_deny", decision, scope)
@@ -264,14 +270,15 @@ class GeofenceMiddleware:
         self, state: State, scope: Scope, where: Where, classes: Iterable[tuple[str, str | None]]
     ) -> Decision:
         """Every spelling of the request the app might route must be allowed: the first denial wins. When all
-        are allowed, the one that says most about the request wins (an identity, then a restricting class),
-        so the app, the private marking and the WebSocket expiry see the strictest class that applied."""
+        are allowed, the one that says most about the request wins (a report-mode would-be denial, then an
+        identity, then a restricting class), so the app, the audit, the private marking and the WebSocket
+        expiry see the strictest class that applied."""
         best = None
         for export_class, exempt in classes:
             found = self._decide(state, scope, export_class, exempt or where.exempt, where)
             if not found.allowed:
                 return found
-            rank = (found.identity is not None, found.export_class in state.restricted_classes)
+            rank = (found.would_deny, found.identity is not None, found.export_class in state.restricted_classes)
             if best is None or rank > best[0]:
                 best = (rank, found)
         assert best is not None
@@ -312,8 +319,9 @@ class GeofenceMiddleware:
         return Where(state.locator.lookup_key(client.key), None, state.policy.exempt_network(client.key))
 
     def _warn_once(self, problem: str) -> None:
-        """A broken proxy chain is a deployment problem: say what to change, once per kind, not per request."""
-        kind = problem.split(":")[0][:80]
+        """A broken proxy chain is a deployment problem: say what to change, once per kind, not per request
+        (the kind leaves out quoted values and addresses, so forged addresses cannot use up the warnings)."""
+        kind = _VARIABLE.sub("", problem)[:80]
         if kind not in self._warned and len(self._warned) < _MAX_WARNINGS:
             self._warned.add(kind)
             log.warning("geofence: denying requests on restricted classes: %s", printable(problem, 400))

@@ -19,22 +19,26 @@ __all__ = ["DecisionRecorder", "printable"]
 decisions_log = logging.getLogger("geofence.decision")
 log = logging.getLogger("geofence")
 
-_ESCAPES: Final = {c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7F, 0xA0))} | {
-    0x2028: "\\u2028",
-    0x2029: "\\u2029",
-    ord("\\"): "\\\\",
-    ord('"'): '\\"',
-}
 _MAX_LOGGED: Final = 200
 
 
 def printable(text: object, limit: int = _MAX_LOGGED) -> str:
-    """*text* safe for a one-line log, inside double quotes: control characters (CR, LF, NUL, ESC, NEL,
-    U+2028...), backslashes and quotes escaped, long values cut — so client-supplied text can neither split a
-    log line, nor end its quoted field early, nor flood the log."""
+    """*text* safe for a one-line log, inside double quotes: every character Python does not call printable
+    (CR, LF, NUL, ESC, NEL, U+2028, bidi overrides such as U+202E...), backslashes and quotes escaped, long
+    values cut — so client-supplied text can neither split a log line, nor end its quoted field early, nor
+    reorder what a terminal shows, nor flood the log."""
     value = str(text)
-    cut = value[:limit].translate(_ESCAPES)
+    cut = value[:limit]
+    if not cut.isprintable() or '"' in cut or "\\" in cut:
+        cut = "".join(c if c.isprintable() and c not in '"\\' else _escape(c) for c in cut)
     return cut + "..." if len(value) > limit else cut
+
+
+def _escape(char: str) -> str:
+    code = ord(char)
+    if char in '"\\':
+        return "\\" + char
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
 
 
 class DecisionRecorder:

@@ -52,6 +52,7 @@ SUPPORTED_ALGORITHMS: Final = tuple(sorted(a for a in get_default_algorithms() i
 _IDENTITY_CACHE_ENTRIES: Final = 65_536
 _REJECTED_CACHE_ENTRIES: Final = 16_384
 _REJECTED_SECONDS: Final = 60
+_LATEST_EXPIRY: Final = 253_402_300_800  # 10000-01-01T00:00:00Z
 # Three non-empty base64url segments; each must also be canonical (see _canonical).
 _SHAPE: Final = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
 
@@ -194,7 +195,7 @@ class TokenVerifier:
                 self._cache = BoundedCache(_IDENTITY_CACHE_ENTRIES)
             self._fetched = time.monotonic()
             log.info("geofence: loaded %d signing keys from %s (%s)", len(keys), url, why)
-        except (OSError, ValueError, IdentityError) as exc:
+        except Exception as exc:  # never let one surprise kill the refresh thread or the cached keys
             log.error("geofence: cannot fetch JWKS from %s (%s): %s; keeping %d cached keys",
                       url, why, exc, len(self._keys.by_kid))  # fmt: skip
         finally:
@@ -253,10 +254,14 @@ class TokenVerifier:
         identity = identity_from_claims(
             claims, config.claim_names, top_level=config.top_level_claims, requirements=config.requirements, now=now
         )
+        if "exp" not in claims:  # only where a TokenConfig built in code does not require it: never cached
+            return identity
         try:
             expires = float(claims["exp"])  # PyJWT accepts a numeric string too; the cache must honour it
-        except (KeyError, TypeError, ValueError):
-            return identity
+        except (TypeError, ValueError, OverflowError):
+            raise IdentityError("token claim 'exp' is not a number") from None
+        if not 0 < expires < _LATEST_EXPIRY:  # inf / 1e400 would be cached, and hold a WebSocket, forever
+            raise IdentityError("token claim 'exp' is not a time before the year 10000")
         return dataclasses.replace(identity, expires=expires)
 
 

@@ -219,13 +219,10 @@ def test_rfc_9780_dummy_prefix_is_reserved() -> None:
         ("0.0.0.0/0", "0.0.0.0", "255.255.255.255"),
         ("2001:db8::/32", "2001:db8::", "2001:db8:ffff:ffff:ffff:ffff:ffff:ffff"),
         # IPv6 networks that carry IPv4 mean the IPv4 network they carry: their addresses are keyed that way.
-        ("::ffff:0:0/96", "0.0.0.0", "255.255.255.255"),
         ("::ffff:10.0.0.0/104", "10.0.0.0", "10.255.255.255"),
         ("::ffff:192.0.2.7", "192.0.2.7", "192.0.2.7"),
-        ("64:ff9b::/96", "0.0.0.0", "255.255.255.255"),
         ("64:ff9b::a00:0/104", "10.0.0.0", "10.255.255.255"),
         ("64:ff9b::192.0.2.7/128", "192.0.2.7", "192.0.2.7"),
-        ("2002::/16", "0.0.0.0", "255.255.255.255"),
         ("2002:a00::/24", "10.0.0.0", "10.255.255.255"),  # 2002::/16 + n bits is IPv4 /n
         ("2002:c000:200::/40", "192.0.2.0", "192.0.2.255"),
         ("2002:c000:207::/48", "192.0.2.7", "192.0.2.7"),
@@ -258,6 +255,11 @@ def test_parse_network(text: str, first: str, last: str) -> None:
         ("2002::/15", "contains 2002::/16"),
         ("64::/16", "contains 64:ff9b::/96"),
         ("64:ff9b::/64", "contains 64:ff9b::/96"),
+        # A whole carrier block reads like an IPv6 range but means every IPv4 client: say so, write 0.0.0.0/0.
+        ("2002::/16", "0.0.0.0/0, which is most or all of IPv4"),
+        ("64:ff9b::/96", "0.0.0.0/0, which is most or all of IPv4"),
+        ("::ffff:0:0/96", "0.0.0.0/0, which is most or all of IPv4"),
+        ("2002:800::/21", "8.0.0.0/5, which is most or all of IPv4"),
     ],
 )
 def test_parse_network_problems(text: str, problem: str) -> None:

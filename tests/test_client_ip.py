@@ -183,6 +183,15 @@ def test_unix_socket_peer() -> None:
     assert run(None, proxies("unix")).broken
 
 
+def test_rewrite_behind_a_trusted_unix_socket_proxy_is_checked_not_refused() -> None:
+    """uvicorn --uds trusts a Unix peer only with --forwarded-allow-ips="*", and then rewrites the client:
+    with [proxies] trusted = ["unix"], geofence's own walk can still confirm (or refuse) that rewrite."""
+    unix = proxies("unix")
+    agreed = run("1.2.3.4", unix, "1.2.3.4")
+    assert (agreed.text, agreed.via, agreed.broken) == ("1.2.3.4", "server", False)
+    assert run("6.6.6.6", unix, "6.6.6.6, 1.2.3.4").broken  # took the forged leftmost entry: refused
+
+
 @pytest.mark.parametrize("peer", ["testclient", "1.2.3.4:80", "[::1]", "unknown", ""])
 def test_invalid_peer_from_the_server(peer: str) -> None:
     # Alone it is a client without a location (Starlette's TestClient says "testclient") ...

@@ -174,6 +174,30 @@ async def test_decision_log_line_escapes_control_characters_and_names_the_resolv
     assert "client=5.8.0.0/16 RU" in line and "10.1.1.1" not in line  # the client, not the proxy
 
 
+async def test_log_line_escapes_bidi_and_format_characters(
+    country_db: Path, anonymous_db: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    middleware = GeofenceMiddleware(Recorder(), config=policy(country_db, anonymous_db))
+    with caplog.at_level(logging.INFO, logger="geofence.decision"):
+        await run_asgi(middleware, http_scope("/a\u202eb\u2066c\u200bd", peer="5.8.1.1"), [{"type": "http.request"}])
+    (line,) = [r.getMessage() for r in caplog.records if r.name == "geofence.decision"]
+    assert '"/a\\u202eb\\u2066c\\u200bd"' in line and line.isprintable()
+
+
+async def test_forged_addresses_cannot_use_up_the_deployment_warnings(
+    country_db: Path, anonymous_db: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    config = policy(country_db, anonymous_db)
+    del config["proxies"]
+    middleware = GeofenceMiddleware(Recorder(), config=config)
+    with caplog.at_level(logging.WARNING, logger="geofence"):
+        for i in range(40):
+            peer = f"8.8.8.{i}"
+            await send(middleware, "GET", "/x", peer=peer, headers={"x-forwarded-for": peer})
+    assert len([r for r in caplog.records if "denying requests" in r.getMessage()]) == 1
+    assert len(middleware._warned) == 1
+
+
 # --- family 8: exempt responses on restricted classes are still private -----------------------------------
 
 
@@ -221,6 +245,48 @@ async def test_hosts_frameworks_read_differently_are_refused_when_host_rules_exi
         [{"type": "http.request", "body": b""}],
     )
     assert ok[0]["status"] == 401  # the rule's class: a verified identity is needed
+
+
+async def test_endpoint_requirements_see_a_broken_chain_and_no_path_exemption(
+    country_db: Path, anonymous_db: Path
+) -> None:
+    from starlette.applications import Starlette
+    from starlette.middleware import Middleware
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    from geofence.integrations import requires_class
+
+    @requires_class("EAR99")
+    async def export(request: Request) -> JSONResponse:
+        return JSONResponse({"class": request.state.geofence.export_class})
+
+    config = policy(country_db, anonymous_db, exempt={"paths": ["/healthz/**"]})
+    config["classes"]["OPEN"] = {"unknown_location": "allow"}
+    config["defaults"] = {"class": "OPEN"}  # the route's own class restricts nobody
+    app = Starlette(
+        routes=[Route("/export", export), Route("/healthz/export", export)],
+        middleware=[Middleware(GeofenceMiddleware, config=config)],
+    )
+    ok = await send(app, "GET", "/export", peer="10.1.1.1", headers={"x-forwarded-for": "8.8.8.8"})
+    assert ok.status_code == 200
+    # A client behind the proxy breaks the chain on purpose: the code's EAR99 demand must not pass it.
+    broken = await send(app, "GET", "/export", peer="10.1.1.1", headers={"x-forwarded-for": "8.8.8.8:junk"})
+    assert broken.status_code == 451 and broken.json()["reasons"][0]["code"] == "client_address_invalid"
+    # An exempt *path* exempts the route's classification, not a class the endpoint demands in code.
+    russia = await send(app, "GET", "/healthz/export", peer="5.8.1.1")
+    assert russia.status_code == 451 and russia.json()["reasons"][0]["code"] == "destination_denied"
+
+
+async def test_a_would_be_denial_on_any_spelling_is_recorded(country_db: Path, anonymous_db: Path) -> None:
+    seen: list[Decision] = []
+    config = policy(country_db, anonymous_db)
+    config["routes"] = [{"path": "/v1/x/**", "class": "SHADOW"}]  # report mode, US only
+    middleware = seen_middleware(config, seen)
+    sent = await run_asgi(middleware, http_scope("/v1/x/../y", peer="81.2.69.1"), [{"type": "http.request"}])
+    assert sent[0]["status"] == 200
+    assert [d.export_class for d in seen] == ["SHADOW"] and seen[0].would_deny
 
 
 # --- family 9: an invalid policy at start never serves ---------------------------------------------------

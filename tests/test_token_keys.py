@@ -137,3 +137,28 @@ def test_jwk_alg_binds_the_key_to_one_algorithm(tmp_path: Path) -> None:
     assert verifier.identity(forge({"alg": "PS256", "kid": "rsa-1"}, claims(), RSA_KEY)).us_person
     with pytest.raises(IdentityError, match="signing key 'rsa-1' is for PS256, not RS256"):
         verifier.identity(forge({"alg": "RS256", "kid": "rsa-1"}, claims(), RSA_KEY))
+
+
+def test_a_key_pyjwt_cannot_load_at_all_does_not_disable_the_others(caplog: pytest.LogCaptureFixture) -> None:
+    """PyJWK raises NotImplementedError (not a PyJWT error) for ``"alg": "none"``: skip it like any bad key."""
+    broken = {**jwk(RSA_KEY, "none-1"), "alg": "none"}
+    server = JWKSServer([broken, jwk(RSA_KEY, "rsa-1")])
+    try:
+        with caplog.at_level(logging.WARNING, logger="geofence"):
+            verifier = url_verifier(server.url)
+        assert any("'none-1'" in r.getMessage() for r in caplog.records)
+        assert verifier.identity(forge({"alg": "RS256", "kid": "rsa-1"}, claims(), RSA_KEY)).us_person
+    finally:
+        server.close()
+
+
+@pytest.mark.parametrize("exp", [10**400, "1" + "0" * 400, 1e300, -5])
+def test_expiry_must_be_a_time(tmp_path: Path, exp: Any) -> None:
+    """A trusted signer's absurd ``exp`` must be a clear rejection, not a 503 with a traceback (10**400
+    overflows a float) or an identity cached, and a WebSocket held open, forever (inf, 1e300)."""
+    path = tmp_path / "jwks.json"
+    path.write_text(json.dumps({"keys": [jwk(RSA_KEY, "rsa-1")]}))
+    verifier = TokenVerifier(TokenConfig(issuer=ISSUER, audience=(AUDIENCE,), jwks_file=path))
+    token = forge({"alg": "RS256", "kid": "rsa-1"}, claims(exp=exp), RSA_KEY)
+    with pytest.raises(IdentityError, match="exp"):
+        verifier.identity(token)
