@@ -135,3 +135,25 @@ def flat_db(write_db: WriteDb) -> Path:
         {"8.8.8.0/24": {"country_code": "US"}, "185.220.101.0/24": {"country_code": "de"}},
         ip_version=4,
     )
+
+
+@pytest.fixture
+def jwks_file(tmp_path: Path) -> Path:
+    """A JWKS file with the token tests' RSA, EC and Ed25519 keys (kids rsa-1, ec-1, ed-1)."""
+    import json
+
+    from .test_tokens import EC_KEY, ED_KEY, RSA_KEY, jwk
+
+    path = tmp_path / "jwks.json"
+    path.write_text(json.dumps({"keys": [jwk(RSA_KEY, "rsa-1"), jwk(EC_KEY, "ec-1"), jwk(ED_KEY, "ed-1")]}))
+    return path
+
+
+@pytest.fixture
+def verifier(jwks_file: Path) -> Any:
+    """A TokenVerifier trusting :func:`jwks_file`."""
+    from geofence.tokens import TokenConfig, TokenVerifier
+
+    from .test_tokens import AUDIENCE, ISSUER
+
+    return TokenVerifier(TokenConfig(issuer=ISSUER, audience=(AUDIENCE,), jwks_file=jwks_file))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -18,31 +17,16 @@ from geofence.tokens import TokenConfig, TokenVerifier, token_from_scope
 from .test_cli import geofence
 from .test_tokens import (
     AUDIENCE,
-    EC_KEY,
-    ED_KEY,
     ISSUER,
     RSA_KEY,
     claims,
     identity_problems,
-    jwk,
     scope_with,
     token,
     token_policy,
 )
 
 SECRET = "a-long-random-shared-secret-for-tests-0123456789"
-
-
-@pytest.fixture
-def jwks_file(tmp_path: Path) -> Path:
-    path = tmp_path / "jwks.json"
-    path.write_text(json.dumps({"keys": [jwk(RSA_KEY, "rsa-1"), jwk(EC_KEY, "ec-1"), jwk(ED_KEY, "ed-1")]}))
-    return path
-
-
-@pytest.fixture
-def verifier(jwks_file: Path) -> TokenVerifier:
-    return TokenVerifier(TokenConfig(issuer=ISSUER, audience=(AUDIENCE,), jwks_file=jwks_file))
 
 
 def identity_settings(jwks_file: Path, **settings: Any) -> TokenConfig:

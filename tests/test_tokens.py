@@ -79,18 +79,6 @@ def token_policy(directory: Path, country_db: Path, classes: str) -> tuple[Path,
     return path, jwks
 
 
-@pytest.fixture
-def jwks_file(tmp_path: Path) -> Path:
-    path = tmp_path / "jwks.json"
-    path.write_text(json.dumps({"keys": [jwk(RSA_KEY, "rsa-1"), jwk(EC_KEY, "ec-1"), jwk(ED_KEY, "ed-1")]}))
-    return path
-
-
-@pytest.fixture
-def verifier(jwks_file: Path) -> TokenVerifier:
-    return TokenVerifier(TokenConfig(issuer=ISSUER, audience=(AUDIENCE,), jwks_file=jwks_file))
-
-
 @pytest.mark.parametrize(
     ("private", "algorithm", "kid"), [(RSA_KEY, "RS256", "rsa-1"), (EC_KEY, "ES256", "ec-1"), (ED_KEY, "EdDSA", "ed-1")]
 )

@@ -143,15 +143,20 @@ def serve_granian(spec: Mapping[str, Any], *, interface: str = "asgi") -> Iterat
             raise RuntimeError(f"granian did not start:\n{output[-3000:]}") from None
         yield port
     finally:
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=10)
-        if process.stdout is not None:
-            process.stdout.close()
+        stop(process)
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    """Stop a server subprocess: politely, then firmly; and close its output pipe."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
+    if process.stdout is not None:
+        process.stdout.close()
 
 
 # --- apps ---------------------------------------------------------------------------------------------------
@@ -168,13 +173,8 @@ class Switch:
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
-            while True:
-                message = await receive()
-                if message["type"] == "lifespan.startup":
-                    await send({"type": "lifespan.startup.complete"})
-                elif message["type"] == "lifespan.shutdown":
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
+            await demo_app(scope, receive, send)  # answers start-up and shut-down
+            return
         name = self.default
         for key, value in scope["headers"]:
             if key == VARIANT_HEADER.encode():

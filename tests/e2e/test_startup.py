@@ -21,7 +21,7 @@ import httpx
 import pytest
 
 from ..conftest import ROOT
-from .test_servers import free_port, wait_for_port
+from .test_servers import free_port, stop, wait_for_port
 
 CONFIG_ENV = "GEOFENCE_E2E_BAD_CONFIG"
 REFUSAL = "geofence: invalid configuration, refusing to serve:"
@@ -144,15 +144,7 @@ def unconfigured(request: pytest.FixtureRequest, bad_config: tuple[Path, str]) -
             raise RuntimeError(process.communicate(timeout=10)[0].decode(errors="replace")[-3000:]) from None
         yield port, config
     finally:
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=10)
-        assert process.stdout is not None
-        process.stdout.close()
+        stop(process)
 
 
 @pytest.mark.parametrize(
