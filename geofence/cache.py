@@ -64,7 +64,9 @@ class BoundedCache(Generic[K, V]):
         if old is not None:
             self.size_bytes -= old[2]  # type: ignore[operator]
         chances = _SECOND_CHANCES
-        while data and (len(data) >= self.max_entries or self.size_bytes + size > self.max_bytes):
+        while len(data) >= self.max_entries or self.size_bytes + size > self.max_bytes:
+            if not data:
+                break
             oldest, entry = data.popitem(last=False)
             if entry[1] and chances:
                 chances -= 1

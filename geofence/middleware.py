@@ -242,11 +242,16 @@ class GeofenceMiddleware:
         if where is None:
             where = self._locate(state, scope, facts)
             if where_key is not None:
-                state.clients.put(where_key, where, facts.size)
-        spellings = _spellings(route)
-        if any(r.params is not None or r.export_class in state.identity_classes for r in spellings):
-            return Front(route, where, None, False)
-        decision = self._strictest(state, scope, where, ((r.export_class, r.exempt) for r in spellings))
+                state.clients.put(where_key, where, facts.size - len(facts.path))
+        if not route.also:  # one spelling (most requests): skip the general loop below
+            if route.params is not None or route.export_class in state.identity_classes:
+                return Front(route, where, None, False)
+            decision = self._decide(state, scope, route.export_class, route.exempt or where.exempt, where)
+        else:
+            spellings = _spellings(route)
+            if any(r.params is not None or r.export_class in state.identity_classes for r in spellings):
+                return Front(route, where, None, False)
+            decision = self._strictest(state, scope, where, ((r.export_class, r.exempt) for r in spellings))
         private = facts.method in _CACHEABLE and decision.export_class in state.restricted_classes
         return Front(route, where, decision, private)
 
