@@ -120,12 +120,13 @@ def decide(
                 True, 200, export_class, cls.mode, (Reason(EXEMPT, exempt),), policy.version, location, identity
             )
         reasons: list[Reason] = []
-        if client_problem is not None:
+        if client_problem is not None:  # no location to judge: the address itself is in doubt
             if cls.restricted:
                 reasons.append(Reason(CLIENT_ADDRESS_INVALID, f"client address cannot be trusted: {client_problem}"))
             if trace is not None:
                 trace.append(f"client address: {client_problem}; denied on classes that restrict anyone")
-        _location_rule(policy, cls, location, location_problem or client_problem, reasons, trace)
+        else:
+            _location_rule(policy, cls, location, location_problem, reasons, trace)
         _person_rule(cls.persons, identity, identity_problem, reasons, trace)
         _anonymizer_rule(cls, location, reasons, trace)
     except Exception as exc:  # fail closed: an error is never an allow

@@ -349,3 +349,28 @@ def test_adding_a_denied_place_never_allows(
     decision = decide(_policy(cls), "C", location, identity)
     assert not decision.allowed
     assert "destination_denied" in codes(decision)
+
+
+@pytest.mark.parametrize(
+    ("export_class", "identity", "allowed", "reason_codes"),
+    [
+        ("EAR99", None, False, ["client_address_invalid"]),  # even with unknown_location = "allow"
+        ("4E091", US_PERSON, False, ["client_address_invalid"]),  # one reason, not also location_unknown
+        ("4E091", None, False, ["client_address_invalid", "identity_required"]),
+        ("SHADOW", None, True, ["client_address_invalid", "report_only"]),  # report mode still reports it
+    ],
+)
+def test_a_broken_proxy_chain_denies_every_restricting_class(
+    export_class: str, identity: Identity | None, allowed: bool, reason_codes: list[str]
+) -> None:
+    decision = decide(POLICY, export_class, None, identity, client_problem="malformed x-forwarded-for")
+    assert (decision.allowed, codes(decision)) == (allowed, reason_codes)
+    assert decision.status == (200 if allowed else 451)
+
+
+def test_a_broken_proxy_chain_does_not_deny_a_class_that_restricts_nobody() -> None:
+    policy = parse_policy({"classes": {"OPEN": {"unknown_location": "allow"}}, "defaults": {"class": "OPEN"}})
+    trace: list[str] = []
+    decision = decide(policy, "OPEN", None, client_problem="malformed x-forwarded-for", trace=trace)
+    assert decision.allowed and decision.reasons == ()
+    assert trace[0].startswith("client address: malformed x-forwarded-for")
