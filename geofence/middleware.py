@@ -21,9 +21,7 @@ import dataclasses
 import logging
 import os
 import re
-import threading
 from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping
-from pathlib import Path
 from typing import Any, Final
 
 from .asgi import buffer_body, expiring_websocket, header, private_responses, refuse_lifespan, send_denial
@@ -33,10 +31,11 @@ from .errors import GeofenceError
 from .identity import Identity, IdentityError
 from .policy import Policy
 from .recording import DecisionRecorder, printable
+from .reloader import Reloader
 from .request import Refused, RequestFacts, read_request, request_key
 from .responses import DenialResponse, ResponseConfig, denial_response
 from .routes import Route
-from .state import Front, State, Where, build_state, signature
+from .state import Front, State, Where
 from .tokens import token_from_scope
 
 __all__ = ["GeofenceMiddleware", "IdentityResolver"]
@@ -88,93 +87,46 @@ class GeofenceMiddleware:
         deny_response: Callable[[Decision, Scope], DenialResponse | None] | None = None,
     ) -> None:
         self.app = app
-        self._path = Path(config) if isinstance(config, str | os.PathLike) else None
-        self._config = config
         self._identity = identity
-        self._deny_hook = deny_response
         self.recorder = DecisionRecorder(on_decision)
         self._warned: set[str] = set()
-        self._stop = threading.Event()
-        self._watcher: threading.Thread | None = None
-        watch = reload if reload is not None else self._path is not None
-        if watch and self._path is None:
-            raise GeofenceError("reload needs a policy file path")
-        self._state: State | None = None
-        self.startup_error: str | None = None
-        """Why the policy could not be loaded at start (the middleware then refuses to serve), or None."""
-        seen = self._signature(None)  # before loading: a change during the load is not missed
-        try:
-            self._state = self._build()
-            seen = self._state.signature
-        except Exception as exc:  # Starlette builds middleware lazily, inside the server: never crash there
-            self.startup_error = f"geofence: invalid configuration, refusing to serve: {_one_line(exc)}"
-            log.error("%s", self.startup_error, exc_info=not isinstance(exc, GeofenceError))
-        if watch:
-            self._watcher = threading.Thread(
-                target=self._watch, args=(reload_interval, seen), name="geofence-reload", daemon=True
-            )
-            self._watcher.start()
+        self._live = Reloader(config, deny_response, watch=reload, interval=reload_interval)
 
     @property
     def stats(self) -> Mapping[tuple[str, str, str], int]:
         """Denials and report-mode would-be denials, by (outcome, export class, reason code)."""
         return self.recorder.stats
 
-    # --- state --------------------------------------------------------------------------------------------
-
     @property
     def policy(self) -> Policy:
         """The policy in force now."""
-        if self._state is None:
+        state = self._live.state
+        if state is None:
             raise GeofenceError(self.startup_error or "no policy loaded")
-        return self._state.policy
+        return state.policy
 
-    def _build(self) -> State:
-        return build_state(self._config, self._path, self._deny_hook)
+    @property
+    def startup_error(self) -> str | None:
+        """Why no valid policy is loaded (the middleware then refuses to serve), or None."""
+        return self._live.startup_error
 
-    def _signature(self, policy: Policy | None) -> tuple[Any, ...]:
-        return signature(self._path, policy)
+    @property
+    def _state(self) -> State | None:
+        return self._live.state
 
     def reload(self) -> bool:
         """Re-read the policy file and databases now; True if a new state was swapped in."""
-        old = self._state
-        kept = f"keeping policy {old.policy.version}" if old is not None else "still refusing to serve"
-        try:
-            state = self._build()
-        except GeofenceError as exc:
-            log.error("geofence: %s: the new configuration is invalid: %s", kept, exc)
-            return False
-        except Exception:  # never let a surprise kill the watcher: later valid edits must still apply
-            log.exception("geofence: %s: could not load the new configuration", kept)
-            return False
-        self._state = state  # one reference assignment: requests see the old state or the new, never a mix
-        if old is None:
-            log.warning("geofence: policy %s loaded; serving", state.policy.version)
-            self.startup_error = None
-        elif state.policy.version != old.policy.version:
-            log.warning("geofence: policy %s replaced by %s", old.policy.version, state.policy.version)
-        # The old readers are not closed here: a request may still be using them. They close when unreferenced.
-        return True
-
-    def _watch(self, interval: float, seen: tuple[Any, ...]) -> None:
-        while not self._stop.wait(interval):
-            state = self._state
-            current = self._signature(state.policy if state is not None else None)
-            if current != seen:  # a failed reload is not retried until the files change again
-                seen = current
-                self.reload()
+        return self._live.reload()
 
     def close(self) -> None:
         """Stop watching for changes."""
-        self._stop.set()
-        if self._watcher is not None:
-            self._watcher.join(timeout=5)
+        self._live.close()
 
     # --- the request path ---------------------------------------------------------------------------------
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
-        state = self._state
+        state = self._live.state
         if kind != "http" and kind != "websocket":
             if state is None and kind == "lifespan":
                 await refuse_lifespan(receive, send, self.startup_error or "geofence: no policy")
@@ -367,8 +319,3 @@ def _spellings(route: Route) -> tuple[Route, ...]:
     """The classifications a request must pass: one per spelling the app might route (exempt only when
     every spelling is, which the route table has already checked)."""
     return (route,) if route.exempt is not None or not route.also else (route, *route.also)
-
-
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text if len(text) <= 500 else text[:500] + "..."
