@@ -7,6 +7,7 @@ None of this decides anything; it is the "action" end of the data flow, kept apa
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any, Final
@@ -20,6 +21,7 @@ __all__ = [
     "private_responses",
     "refuse_lifespan",
     "send_denial",
+    "send_json",
 ]
 
 Scope = MutableMapping[str, Any]
@@ -58,6 +60,15 @@ async def send_denial(scope: Scope, receive: Receive, send: Send, response: Deni
         await send({"type": "websocket.http.response.body", "body": response.body})
     else:
         await send({"type": "websocket.close", "code": POLICY_VIOLATION, "reason": "policy violation"})
+
+
+async def send_json(scope: Scope, send: Send, status: int, body: object) -> None:
+    """A small JSON response geofence answers itself (the health endpoint): never cached, never the app's."""
+    payload = json.dumps(body).encode()
+    headers = [(b"content-type", b"application/json"), (b"cache-control", b"no-store"),
+               (b"content-length", str(len(payload)).encode())]  # fmt: skip
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": b"" if scope.get("method") == "HEAD" else payload})
 
 
 async def refuse_lifespan(receive: Receive, send: Send, reason: str) -> None:

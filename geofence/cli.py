@@ -23,6 +23,7 @@ from .addresses import parse_address
 from .cli_check import check_command
 from .databases import GeoDatabase, default_database_path, open_database
 from .errors import DatabaseError, GeofenceError
+from .freshness import stale_message
 from .location import Location
 from .locator import Locator
 from .policy import PolicyError, load_policy
@@ -316,6 +317,11 @@ def _policy_validate(args: argparse.Namespace) -> int:
             problems.append(f"{args.file}: geoip.databases[{i}]: {exc}")
             continue
         anonymizer_db = anonymizer_db or db.anonymizer_capable
+        stale = stale_message([db.info], policy.max_age_days, time.time())
+        if stale is not None:
+            print(
+                f"{args.file}: warning: geoip.databases[{i}]: {stale} (on_stale = {policy.on_stale})", file=sys.stderr
+            )
         db.close()
     if problems:
         print("\n".join(problems), file=sys.stderr)

@@ -6,12 +6,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Any, TextIO
 
 from .addresses import parse_address
 from .decision import Decision, decide, error_decision
 from .errors import DatabaseError, GeofenceError
+from .freshness import stale_decision, stale_message
 from .identity import Identity, IdentityError, identity_from_claims
 from .policy import Policy, load_policy
 from .tokens import TokenVerifier
@@ -95,6 +97,10 @@ def check_command(args: argparse.Namespace) -> bool:
                 for i, c in enumerate(spellings)
             ]
             decision = next((d for d in decisions if not d.allowed), decisions[0])
+        stale = stale_message((db.info for db in locator.databases), policy.max_age_days, time.time())
+        if stale is not None:  # as the middleware would answer now
+            trace.append(f"databases: {stale}; on_stale = {policy.on_stale}")
+            decision = stale_decision(policy, decision, stale)
     if args.json:
         print(json.dumps({"request": request, **decision.as_dict(), "trace": trace}))
     else:

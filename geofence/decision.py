@@ -44,6 +44,7 @@ CLIENT_ADDRESS_INVALID: Final = "client_address_invalid"
 EXEMPT: Final = "exempt"
 REPORT_ONLY: Final = "report_only"
 ERROR: Final = "error"
+DATABASE_STALE: Final = "database_stale"
 
 _IDENTITY_CODES: Final = frozenset({IDENTITY_REQUIRED, IDENTITY_INVALID})
 _INFORMATIONAL: Final = frozenset({EXEMPT, REPORT_ONLY})
@@ -150,9 +151,10 @@ def error_decision(
     detail: str,
     location: Location | None = None,
     identity: Identity | None = None,
+    code: str = ERROR,
 ) -> Decision:
-    """The 503 denial for a request that could not be decided (a broken database, an internal error)."""
-    return Decision(False, 503, export_class, "enforce", (Reason(ERROR, detail),), policy.version, location, identity)
+    """The 503 denial for a request that could not be decided (a broken or stale database, an internal error)."""
+    return Decision(False, 503, export_class, "enforce", (Reason(code, detail),), policy.version, location, identity)
 
 
 def _location_rule(

@@ -21,13 +21,16 @@ import dataclasses
 import logging
 import os
 import re
+import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping
 from typing import Any, Final
 
-from .asgi import buffer_body, expiring_websocket, header, private_responses, refuse_lifespan, send_denial
+from .asgi import buffer_body, expiring_websocket, header, private_responses, refuse_lifespan, send_denial, send_json
 from .client_ip import resolve_client
 from .decision import ERROR, Decision, Reason, decide, error_decision
 from .errors import GeofenceError
+from .freshness import stale_decision, stale_message
+from .health import health_report
 from .identity import Identity, IdentityError
 from .policy import Policy
 from .recording import DecisionRecorder, printable
@@ -136,6 +139,10 @@ class GeofenceMiddleware:
         if state is None:
             await self._refuse_unconfigured(scope, receive, send)
             return
+        if scope["path"] == state.policy.health_path and kind == "http":  # answered here, never decided
+            status, body = health_report(state, self._live, time.time())
+            await send_json(scope, send, status, body)
+            return
         private = False
         where = None
         try:
@@ -152,12 +159,14 @@ class GeofenceMiddleware:
             private, where = front.private, front.where
             if decision is None:
                 decision, receive = await self._decide_request(state, scope, receive, front)
-                private = scope.get("method") in _CACHEABLE and decision.export_class in state.restricted_classes
+                private = scope.get("method") in _CACHEABLE and decision.export_class in state.private_classes
         except Refused as exc:
             decision = error_decision(state.policy, _INTERNAL_ERROR_CLASS, str(exc))
         except Exception as exc:  # fail closed, and never show the client a traceback
             log.exception("geofence: could not decide %s", printable(scope.get("path")))
             decision = error_decision(state.policy, _INTERNAL_ERROR_CLASS, f"internal error: {type(exc).__name__}")
+        if state.stale_at is not None and time.time() >= state.stale_at:
+            decision = self._stale(state, decision)
         scope_state = scope.get("state")
         if scope_state is None:
             scope_state = scope["state"] = {}
@@ -177,6 +186,15 @@ class GeofenceMiddleware:
             return
         self.recorder.record("deny", decision, scope)
         await send_denial(scope, receive, send, self._denial(state, decision, scope))
+
+    def _stale(self, state: State, decision: Decision) -> Decision:
+        """A database passed ``[geoip] max_age_days``: warn once per loaded state, then apply ``on_stale``."""
+        policy = state.policy
+        detail = stale_message((db.info for db in state.locator.databases), policy.max_age_days, time.time())
+        if not state.stale_logged:
+            state.stale_logged = True
+            log.warning("geofence: %s (on_stale = %s): run geofence db update", detail, policy.on_stale)
+        return stale_decision(policy, decision, detail or "database stale")
 
     async def _refuse_unconfigured(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Without a valid policy nothing is served: 503, never the app, never a traceback."""
@@ -204,7 +222,7 @@ class GeofenceMiddleware:
             if any(r.params is not None or r.export_class in state.identity_classes for r in spellings):
                 return Front(route, where, None, False)
             decision = self._strictest(state, scope, where, ((r.export_class, r.exempt) for r in spellings))
-        private = facts.method in _CACHEABLE and decision.export_class in state.restricted_classes
+        private = facts.method in _CACHEABLE and decision.export_class in state.private_classes
         return Front(route, where, decision, private)
 
     async def _decide_request(
@@ -235,7 +253,7 @@ class GeofenceMiddleware:
             found = self._decide(state, scope, export_class, exempt or where.exempt, where)
             if not found.allowed:
                 return found
-            rank = (found.would_deny, found.identity is not None, found.export_class in state.restricted_classes)
+            rank = (found.would_deny, found.identity is not None, found.export_class in state.restricting)
             if best is None or rank > best[0]:
                 best = (rank, found)
         assert best is not None

@@ -42,6 +42,7 @@ __all__ = [
 ]
 
 EXAMPLE_POLICY: Final = "example-policy.toml"
+ON_STALE: Final = ("warn", "deny")
 _HEADER_NAME: Final = re.compile(r"[a-z0-9!#$%&'*+.^_`|~-]+")
 
 
@@ -67,6 +68,11 @@ class Policy:
     databases: tuple[str, ...] | None
     cache_size: int | None
     load: str
+    max_age_days: int | None
+    """Databases older than this (by build date) are stale: a warning, or with ``on_stale = "deny"`` a 503."""
+    on_stale: str  # "warn" | "deny"
+    health_path: str | None
+    """A path the middleware answers itself with its health (``[health] path``), or None."""
     trusted_proxies: tuple[tuple[int, int, str], ...]
     """Inclusive key ranges with their text; the pseudo-network ``unix`` trusts Unix-socket peers."""
     proxy_header: str
@@ -104,6 +110,7 @@ _TOP: Final = (
     "exempt",
     "identity",
     "response",
+    "health",
 )
 _ROUTE_KEYS: Final = (
     "path",
@@ -152,7 +159,7 @@ def parse_policy(data: Mapping[str, Any], *, source: str = "<policy>", base_dir:
     check = Checker()
     top = check.table(dict(data), "", _TOP)
 
-    geoip = check.table(top.get("geoip"), "geoip", ("databases", "cache_size", "load"))
+    geoip = check.table(top.get("geoip"), "geoip", ("databases", "cache_size", "load", "max_age_days", "on_stale"))
     load = check.string(geoip.get("load"), "geoip.load", LOAD_MODES) or "copy"
     databases = None
     if "databases" in geoip:
@@ -161,6 +168,12 @@ def parse_policy(data: Mapping[str, Any], *, source: str = "<policy>", base_dir:
         if not names:
             check.error("geoip.databases", "must name at least one database (omit the key for the bundled one)")
     cache_size = check.integer(geoip.get("cache_size"), "geoip.cache_size")
+    max_age_days = check.integer(geoip.get("max_age_days"), "geoip.max_age_days")
+    on_stale = check.string(geoip.get("on_stale"), "geoip.on_stale", ON_STALE) or "warn"
+    health = check.table(top.get("health"), "health", ("path",))
+    health_path = check.string(health.get("path"), "health.path")
+    if health_path is not None and not health_path.startswith("/"):
+        check.error("health.path", f"{health_path!r} must start with '/'")
 
     proxies = check.table(top.get("proxies"), "proxies", ("trusted", "header"))
     trusted = tuple(check.networks(proxies.get("trusted"), "proxies.trusted", allow_unix=True))
@@ -247,6 +260,9 @@ def parse_policy(data: Mapping[str, Any], *, source: str = "<policy>", base_dir:
         exempt_networks=exempt_networks,
         databases=databases,
         cache_size=cache_size,
+        max_age_days=max_age_days,
+        on_stale=on_stale,
+        health_path=health_path,
         load=load,
         trusted_proxies=trusted,
         proxy_header=header.lower(),
@@ -345,6 +361,8 @@ def _with_version(policy: Policy) -> Policy:
         "exempt_networks": [text for _, _, text in policy.exempt_networks],
         "databases": plain(policy.databases),
         "load": policy.load,
+        "max_age_days": policy.max_age_days,
+        "on_stale": policy.on_stale,
         "trusted_proxies": [text for _, _, text in policy.trusted_proxies],
         "blocked_by": policy.blocked_by,
         "private_cache": policy.private_cache,

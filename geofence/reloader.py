@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable, Mapping, MutableMapping
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,10 @@ class Reloader:
             raise GeofenceError("reload needs a policy file path")
         self.state: State | None = None
         self.startup_error: str | None = None
+        self.reloads = {"ok": 0, "refused": 0}
+        """Swaps done and refused since start (a refused one leaves the old state in force)."""
+        self.last_reload: dict[str, Any] | None = None
+        """The last reload attempt: ``time`` (UNIX), ``ok``, ``error`` (one line) — for the health endpoint."""
         seen = signature(self._path, None)  # before loading: a change during the load is not missed
         try:
             self.state = self._build()
@@ -71,18 +76,25 @@ class Reloader:
         kept = f"keeping policy {old.policy.version}" if old is not None else "still refusing to serve"
         try:
             state = self._build()
-        except GeofenceError as exc:
-            log.error("geofence: %s: the new configuration is invalid: %s", kept, exc)
-            return False
-        except Exception:  # never let a surprise kill the watcher: later valid edits must still apply
-            log.exception("geofence: %s: could not load the new configuration", kept)
+        except Exception as exc:  # never let a surprise kill the watcher: later valid edits must still apply
+            self.reloads["refused"] += 1
+            self.last_reload = {"time": time.time(), "ok": False, "error": _one_line(exc)}
+            if isinstance(exc, GeofenceError):
+                log.error("geofence: %s: the new configuration is invalid: %s", kept, exc)
+            else:
+                log.exception("geofence: %s: could not load the new configuration", kept)
             return False
         self.state = state  # one reference assignment: requests see the old state or the new, never a mix
+        self.reloads["ok"] += 1
+        self.last_reload = {"time": time.time(), "ok": True, "error": None}
         if old is None:
             log.warning("geofence: policy %s loaded; serving", state.policy.version)
             self.startup_error = None
-        elif state.policy.version != old.policy.version:
+            return True
+        if state.policy.version != old.policy.version:
             log.warning("geofence: policy %s replaced by %s", old.policy.version, state.policy.version)
+        for change in _database_changes(old, state):
+            log.warning("geofence: %s", change)
         # The old readers are not closed here: a request may still be using them. They close when unreferenced.
         return True
 
@@ -99,6 +111,19 @@ class Reloader:
         self._stop.set()
         if self._watcher is not None:
             self._watcher.join(timeout=5)
+
+
+def _database_changes(old: State, new: State) -> list[str]:
+    """``path: built 2026-05-01 -> 2026-06-01`` for each database whose build changed (or that came or went)."""
+    before = {db.info.path: db.info for db in old.locator.databases}
+    after = {db.info.path: db.info for db in new.locator.databases}
+    changes = []
+    for path in sorted(before.keys() | after.keys()):
+        was, now = before.get(path), after.get(path)
+        if was is None or now is None or was.build_epoch != now.build_epoch:
+            shown = [info.build_date.isoformat() if info else "none" for info in (was, now)]
+            changes.append(f"database {path}: built {shown[0]} -> {shown[1]}")
+    return changes
 
 
 def _one_line(exc: BaseException) -> str:

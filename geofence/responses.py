@@ -14,7 +14,7 @@ from collections.abc import Callable, MutableMapping
 from dataclasses import dataclass
 from typing import Any, Final
 
-from .decision import CLIENT_ADDRESS_INVALID, ERROR, IDENTITY_INVALID, LOCATION_UNKNOWN, Decision
+from .decision import CLIENT_ADDRESS_INVALID, DATABASE_STALE, ERROR, IDENTITY_INVALID, LOCATION_UNKNOWN, Decision
 
 __all__ = ["DenialResponse", "ResponseConfig", "denial_response"]
 
@@ -33,6 +33,7 @@ _TYPES: Final = {451: "legal-block", 401: "identity-required", 503: "not-evaluat
 # the specifics go to the log and the audit hook.
 _PUBLIC_DETAILS: Final = {
     ERROR: "the request could not be evaluated",
+    DATABASE_STALE: "the location data is out of date",
     LOCATION_UNKNOWN: "the location of the request could not be established",
     CLIENT_ADDRESS_INVALID: "the client address could not be established through the proxies in front of this service",
 }

@@ -18,6 +18,7 @@ from .cache import BoundedCache
 from .client_ip import ProxyConfig
 from .decision import Decision
 from .errors import InvalidAddressError
+from .freshness import stale_at
 from .location import Location
 from .locator import Locator
 from .policy import Policy, load_policy, parse_policy
@@ -62,9 +63,14 @@ class State:
     verifier: TokenVerifier | None
     identity_classes: frozenset[str]
     """Classes with a person rule: only their requests resolve an identity."""
-    restricted_classes: frozenset[str]
-    """Classes that deny someone: their allowed responses are marked private for shared caches."""
+    restricting: frozenset[str]
+    """Classes that can deny someone (a broken chain or a stale database denies only these)."""
+    private_classes: frozenset[str]
+    """Restricting classes whose allowed GET/HEAD responses are marked private for shared caches."""
+    stale_at: float | None = None
+    """When the oldest database passes ``[geoip] max_age_days`` (UNIX time), or None without a limit."""
     websocket_grace: float = 0.0
+    stale_logged: bool = False
     signature: tuple[Any, ...] = ()
     # Bounded by entries and bytes, evicting a little at a time (see cache.py): keys come from clients.
     decisions: BoundedCache[tuple[str, int, int, str | None], tuple[Any, Any, Decision]] = field(
@@ -102,9 +108,11 @@ def build_state(
     else:
         policy = load_policy(path)
     proxies = ProxyConfig.from_networks(policy.trusted_proxies, policy.proxy_header)
+    restricting = frozenset(name for name, c in policy.classes.items() if c.restricted)
+    locator = policy.locator()
     return State(
         policy=policy,
-        locator=policy.locator(),
+        locator=locator,
         proxies=proxies,
         watched=frozenset(proxies.watched),
         needs_host=policy.routes.needs_host,
@@ -116,9 +124,9 @@ def build_state(
         verifier=TokenVerifier(policy.tokens) if policy.tokens is not None else None,
         websocket_grace=policy.tokens.websocket_grace_seconds if policy.tokens is not None else 0.0,
         identity_classes=frozenset(name for name, c in policy.classes.items() if c.persons.kind != "any"),
-        restricted_classes=frozenset(
-            name for name, c in policy.classes.items() if c.restricted and policy.private_cache
-        ),
+        restricting=restricting,
+        private_classes=restricting if policy.private_cache else frozenset(),
+        stale_at=stale_at((db.info for db in locator.databases), policy.max_age_days),
         signature=signature(path, policy),
     )
 
