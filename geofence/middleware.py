@@ -176,7 +176,7 @@ class GeofenceMiddleware:
         scope_state[CLIENT_KEY] = where
         if decision.allowed:
             if decision.reasons and decision.would_deny:
-                self.recorder.record("would_deny", decision, scope)
+                self.recorder.record("would_deny", decision, scope, state.policy.log_format)
             if private:
                 send = private_responses(send)
             identity = decision.identity
@@ -184,7 +184,7 @@ class GeofenceMiddleware:
                 receive, send = expiring_websocket(receive, send, identity.expires + state.websocket_grace)
             await self.app(scope, receive, send)
             return
-        self.recorder.record("deny", decision, scope)
+        self.recorder.record("deny", decision, scope, state.policy.log_format)
         await send_denial(scope, receive, send, self._denial(state, decision, scope))
 
     def _stale(self, state: State, decision: Decision) -> Decision:

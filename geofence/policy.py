@@ -73,6 +73,8 @@ class Policy:
     on_stale: str  # "warn" | "deny"
     health_path: str | None
     """A path the middleware answers itself with its health (``[health] path``), or None."""
+    log_format: str
+    """Decision log lines: ``"text"`` (key=value, escaped) or ``"json"`` (``[logging] format``)."""
     trusted_proxies: tuple[tuple[int, int, str], ...]
     """Inclusive key ranges with their text; the pseudo-network ``unix`` trusts Unix-socket peers."""
     proxy_header: str
@@ -111,6 +113,7 @@ _TOP: Final = (
     "identity",
     "response",
     "health",
+    "logging",
 )
 _ROUTE_KEYS: Final = (
     "path",
@@ -172,6 +175,8 @@ def parse_policy(data: Mapping[str, Any], *, source: str = "<policy>", base_dir:
     on_stale = check.string(geoip.get("on_stale"), "geoip.on_stale", ON_STALE) or "warn"
     health = check.table(top.get("health"), "health", ("path",))
     health_path = check.string(health.get("path"), "health.path")
+    logging_table = check.table(top.get("logging"), "logging", ("format",))
+    log_format = check.string(logging_table.get("format"), "logging.format", ("text", "json")) or "text"
     if health_path is not None and not health_path.startswith("/"):
         check.error("health.path", f"{health_path!r} must start with '/'")
 
@@ -263,6 +268,7 @@ def parse_policy(data: Mapping[str, Any], *, source: str = "<policy>", base_dir:
         max_age_days=max_age_days,
         on_stale=on_stale,
         health_path=health_path,
+        log_format=log_format,
         load=load,
         trusted_proxies=trusted,
         proxy_header=header.lower(),

@@ -7,19 +7,24 @@ control character in client-supplied text, so a path with CR/LF cannot forge a s
 
 from __future__ import annotations
 
+import json
 import logging
+import re
+import uuid
 from collections import Counter
 from collections.abc import Callable, MutableMapping
 from typing import Any, Final
 
 from .decision import Decision
 
-__all__ = ["DecisionRecorder", "printable"]
+__all__ = ["REQUEST_ID_KEY", "DecisionRecorder", "printable", "request_id"]
 
 decisions_log = logging.getLogger("geofence.decision")
 log = logging.getLogger("geofence")
 
 _MAX_LOGGED: Final = 200
+_REQUEST_ID: Final = re.compile(rb"[A-Za-z0-9._:-]{1,64}")
+REQUEST_ID_KEY: Final = "geofence.request_id"
 
 
 def printable(text: object, limit: int = _MAX_LOGGED) -> str:
@@ -41,6 +46,23 @@ def _escape(char: str) -> str:
     return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
 
 
+def request_id(scope: MutableMapping[str, Any]) -> str:
+    """The request's id for logs and audit records: the client's or proxy's ``X-Request-ID`` when it is a
+    plain token (so records join with the proxy's logs), else a new random one; kept in ``scope["state"]``
+    under ``geofence.request_id`` so the app can log the same id."""
+    state = scope.setdefault("state", {})
+    found = state.get(REQUEST_ID_KEY)
+    if found is None:
+        for name, value in scope.get("headers", ()):
+            if name == b"x-request-id" and _REQUEST_ID.fullmatch(value):
+                found = value.decode("ascii")
+                break
+        else:
+            found = uuid.uuid4().hex
+        state[REQUEST_ID_KEY] = found
+    return str(found)
+
+
 class DecisionRecorder:
     """Counts, logs and hands on recorded decisions (denials and report-mode would-be denials)."""
 
@@ -49,22 +71,33 @@ class DecisionRecorder:
         self.stats: Counter[tuple[str, str, str]] = Counter()
         """By (outcome, export class, reason code)."""
 
-    def record(self, outcome: str, decision: Decision, scope: MutableMapping[str, Any]) -> None:
+    def record(self, outcome: str, decision: Decision, scope: MutableMapping[str, Any], fmt: str = "text") -> None:
+        """Count, log (``fmt``: ``"text"`` key=value, or ``"json"``) and hand on one recorded decision."""
         for reason in decision.reasons:
             self.stats[(outcome, decision.export_class, reason.code)] += 1
         location = decision.location
-        client = f"{location.network} {location.country or '-'}" if location is not None else "unknown"
-        decisions_log.info(
-            '%s %s "%s" client=%s class=%s status=%s reasons=%s policy=%s',
-            outcome,
-            printable(scope.get("method", "WEBSOCKET"), 20),
-            printable(scope.get("path")),
-            client,
-            printable(decision.export_class, 40),
-            decision.status,
-            ",".join(r.code for r in decision.reasons),
-            decision.policy_version,
-        )
+        network = location.network if location is not None else None
+        country = location.country if location is not None else None
+        method, path, rid = scope.get("method", "WEBSOCKET"), scope.get("path"), request_id(scope)
+        codes = [r.code for r in decision.reasons]
+        if fmt == "json":  # json.dumps escapes every control and non-ASCII character: one line, always
+            fields = {"event": outcome, "request_id": rid, "method": str(method)[:20], "path": str(path)[:_MAX_LOGGED],
+                      "client_network": network, "country": country, "class": decision.export_class,
+                      "status": decision.status, "reasons": codes, "policy": decision.policy_version}  # fmt: skip
+            decisions_log.info("%s", json.dumps(fields))
+        else:
+            decisions_log.info(
+                '%s %s "%s" client=%s class=%s status=%s reasons=%s policy=%s request_id=%s',
+                outcome,
+                printable(method, 20),
+                printable(path),
+                f"{network} {country or '-'}" if location is not None else "unknown",
+                printable(decision.export_class, 40),
+                decision.status,
+                ",".join(codes),
+                decision.policy_version,
+                rid,
+            )
         if self.on_decision is not None:
             try:
                 self.on_decision(decision, scope)

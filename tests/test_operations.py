@@ -146,3 +146,27 @@ def test_policy_validate_and_check_report_staleness(
     decision = json.loads(checked.stdout)
     assert decision["status"] == 503 and decision["reasons"][0]["code"] == "database_stale"
     assert any("max_age_days = 30" in line for line in decision["trace"])
+
+
+@pytest.mark.parametrize("fmt", ["text", "json"])
+async def test_decision_log_lines_carry_the_request_id_in_either_format(
+    write_db: Any, caplog: pytest.LogCaptureFixture, fmt: str
+) -> None:
+    db = write_db("fresh.mmdb", "GeoIP2-Country", NETWORKS)
+    middleware = GeofenceMiddleware(Recorder(), config={**config(db), "logging": {"format": fmt}})
+    with caplog.at_level(logging.INFO, logger="geofence.decision"):
+        await send(middleware, "GET", "/x%0D%0Ainjected", peer="5.8.1.1", headers={"x-request-id": "req-42.a"})
+        await send(middleware, "GET", "/y", peer="5.8.1.1", headers={"x-request-id": "bad id\n"})
+    first, second = [r.getMessage() for r in caplog.records if r.name == "geofence.decision"]
+    assert "\n" not in first + second
+    if fmt == "json":
+        record = json.loads(first)
+        assert record == {
+            "event": "deny", "request_id": "req-42.a", "method": "GET", "path": "/x\r\ninjected",
+            "client_network": "5.8.0.0/16", "country": "RU", "class": "EAR99", "status": 451,
+            "reasons": ["destination_denied"], "policy": middleware.policy.version,
+        }  # fmt: skip
+        assert len(json.loads(second)["request_id"]) == 32  # a client's unusable id is replaced
+    else:
+        assert first.endswith(" request_id=req-42.a") and "client=5.8.0.0/16 RU" in first
+        assert "request_id=bad" not in second
