@@ -148,13 +148,19 @@ class GeofenceMiddleware:
         try:
             # One pass over the headers for the few this request needs, then one front-cache lookup that
             # answers route and client location together when this client has asked for this path before.
+            metrics = state.metrics
+            if metrics is not None:
+                metrics.pending += 1  # a plain integer here; prometheus gets it off the warm path
             key, host, forwarding = request_key(scope, state.watched, state.needs_host, state.trusted_peer)
             front = state.front.get(key) if key is not None else None
             if front is None:
+                started = time.perf_counter()
                 facts = read_request(scope, key, host, forwarding)
                 front = self._front(state, scope, facts)
                 if key is not None:
                     state.front.put(key, front, facts.size)
+                if metrics is not None:
+                    metrics.miss(time.perf_counter() - started)
             decision = front.decision  # set when nothing but the request key can change the answer
             private, where = front.private, front.where
             if decision is None:
@@ -176,7 +182,7 @@ class GeofenceMiddleware:
         scope_state[CLIENT_KEY] = where
         if decision.allowed:
             if decision.reasons and decision.would_deny:
-                self.recorder.record("would_deny", decision, scope, state.policy.log_format)
+                self.recorder.record("would_deny", decision, scope, state.policy.log_format, state.metrics)
             if private:
                 send = private_responses(send)
             identity = decision.identity
@@ -184,7 +190,7 @@ class GeofenceMiddleware:
                 receive, send = expiring_websocket(receive, send, identity.expires + state.websocket_grace)
             await self.app(scope, receive, send)
             return
-        self.recorder.record("deny", decision, scope, state.policy.log_format)
+        self.recorder.record("deny", decision, scope, state.policy.log_format, state.metrics)
         await send_denial(scope, receive, send, self._denial(state, decision, scope))
 
     def _stale(self, state: State, decision: Decision) -> Decision:

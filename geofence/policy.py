@@ -75,6 +75,8 @@ class Policy:
     """A path the middleware answers itself with its health (``[health] path``), or None."""
     log_format: str
     """Decision log lines: ``"text"`` (key=value, escaped) or ``"json"`` (``[logging] format``)."""
+    metrics: bool
+    """Export Prometheus metrics (``[metrics] enabled``; needs ``geofence[prometheus]``)."""
     trusted_proxies: tuple[tuple[int, int, str], ...]
     """Inclusive key ranges with their text; the pseudo-network ``unix`` trusts Unix-socket peers."""
     proxy_header: str
@@ -114,6 +116,7 @@ _TOP: Final = (
     "response",
     "health",
     "logging",
+    "metrics",
 )
 _ROUTE_KEYS: Final = (
     "path",
@@ -177,6 +180,11 @@ def parse_policy(data: Mapping[str, Any], *, source: str = "<policy>", base_dir:
     health_path = check.string(health.get("path"), "health.path")
     logging_table = check.table(top.get("logging"), "logging", ("format",))
     log_format = check.string(logging_table.get("format"), "logging.format", ("text", "json")) or "text"
+    metrics_table = check.table(top.get("metrics"), "metrics", ("enabled",))
+    metrics_enabled = metrics_table.get("enabled", False)
+    if not isinstance(metrics_enabled, bool):
+        check.error("metrics.enabled", "must be true or false")
+        metrics_enabled = False
     if health_path is not None and not health_path.startswith("/"):
         check.error("health.path", f"{health_path!r} must start with '/'")
 
@@ -269,6 +277,7 @@ def parse_policy(data: Mapping[str, Any], *, source: str = "<policy>", base_dir:
         on_stale=on_stale,
         health_path=health_path,
         log_format=log_format,
+        metrics=metrics_enabled,
         load=load,
         trusted_proxies=trusted,
         proxy_header=header.lower(),

@@ -16,6 +16,7 @@ from collections.abc import Callable, MutableMapping
 from typing import Any, Final
 
 from .decision import Decision
+from .metrics import Metrics
 
 __all__ = ["REQUEST_ID_KEY", "DecisionRecorder", "printable", "request_id"]
 
@@ -71,10 +72,19 @@ class DecisionRecorder:
         self.stats: Counter[tuple[str, str, str]] = Counter()
         """By (outcome, export class, reason code)."""
 
-    def record(self, outcome: str, decision: Decision, scope: MutableMapping[str, Any], fmt: str = "text") -> None:
+    def record(
+        self,
+        outcome: str,
+        decision: Decision,
+        scope: MutableMapping[str, Any],
+        fmt: str = "text",
+        metrics: Metrics | None = None,
+    ) -> None:
         """Count, log (``fmt``: ``"text"`` key=value, or ``"json"``) and hand on one recorded decision."""
         for reason in decision.reasons:
             self.stats[(outcome, decision.export_class, reason.code)] += 1
+        if metrics is not None:
+            metrics.record(outcome, decision.export_class, (r.code for r in decision.reasons))
         location = decision.location
         network = location.network if location is not None else None
         country = location.country if location is not None else None

@@ -56,6 +56,8 @@ class Reloader:
         try:
             self.state = self._build()
             seen = self.state.signature
+            if self.state.metrics is not None:
+                self.state.metrics.loaded(True, (db.info for db in self.state.locator.databases))
         except Exception as exc:
             self.startup_error = f"geofence: invalid configuration, refusing to serve: {_one_line(exc)}"
             log.error("%s", self.startup_error, exc_info=not isinstance(exc, GeofenceError))
@@ -78,6 +80,8 @@ class Reloader:
             state = self._build()
         except Exception as exc:  # never let a surprise kill the watcher: later valid edits must still apply
             self.reloads["refused"] += 1
+            if old is not None and old.metrics is not None:
+                old.metrics.loaded(False)
             self.last_reload = {"time": time.time(), "ok": False, "error": _one_line(exc)}
             if isinstance(exc, GeofenceError):
                 log.error("geofence: %s: the new configuration is invalid: %s", kept, exc)
@@ -86,6 +90,8 @@ class Reloader:
             return False
         self.state = state  # one reference assignment: requests see the old state or the new, never a mix
         self.reloads["ok"] += 1
+        if state.metrics is not None:
+            state.metrics.loaded(True, (db.info for db in state.locator.databases))
         self.last_reload = {"time": time.time(), "ok": True, "error": None}
         if old is None:
             log.warning("geofence: policy %s loaded; serving", state.policy.version)

@@ -21,6 +21,7 @@ from .errors import InvalidAddressError
 from .freshness import stale_at
 from .location import Location
 from .locator import Locator
+from .metrics import Metrics, metrics
 from .policy import Policy, load_policy, parse_policy
 from .responses import DenialResponse, ResponseConfig
 from .routes import Route
@@ -71,6 +72,7 @@ class State:
     """When the oldest database passes ``[geoip] max_age_days`` (UNIX time), or None without a limit."""
     websocket_grace: float = 0.0
     stale_logged: bool = False
+    metrics: Metrics | None = None
     signature: tuple[Any, ...] = ()
     # Bounded by entries and bytes, evicting a little at a time (see cache.py): keys come from clients.
     decisions: BoundedCache[tuple[str, int, int, str | None], tuple[Any, Any, Decision]] = field(
@@ -127,6 +129,7 @@ def build_state(
         restricting=restricting,
         private_classes=restricting if policy.private_cache else frozenset(),
         stale_at=stale_at((db.info for db in locator.databases), policy.max_age_days),
+        metrics=metrics() if policy.metrics else None,
         signature=signature(path, policy),
     )
 
