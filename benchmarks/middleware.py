@@ -28,6 +28,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -42,7 +43,7 @@ from benchmarks.lookup import random_public
 from geofence.databases import default_database_path
 from geofence.demo import demo_policy
 from geofence.middleware import GeofenceMiddleware
-from geofence.policy import Policy
+from geofence.policy import AuditConfig, Policy
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -88,9 +89,9 @@ def in_process(n: int, rounds: int) -> list[tuple[str, float]]:
     reader = maxminddb.open_database(str(default_database_path()), maxminddb.MODE_MMAP_EXT)
     fresh = random_public(random.Random(7), 4, n * rounds, reader)
     warm = [scope("8.8.8.8")] * n
-    results: dict[str, list[float]] = {"bare": [], "noop": [], "warm": [], "lean": [], "miss": []}
+    results: dict[str, list[float]] = {"bare": [], "noop": [], "warm": [], "lean": [], "audit": [], "miss": []}
     bare, noop = make_bare(), Noop(make_bare())
-    protected, lean = _variant_app("warm"), _variant_app("lean")
+    protected, lean, audited = _variant_app("warm"), _variant_app("lean"), _variant_app("audit")
     per_request_us(protected, warm[:1000])  # memos warm
     per_request_us(lean, warm[:1000])
     for r in range(rounds):
@@ -98,12 +99,13 @@ def in_process(n: int, rounds: int) -> list[tuple[str, float]]:
         results["noop"].append(per_request_us(noop, warm))
         results["warm"].append(per_request_us(protected, warm))
         results["lean"].append(per_request_us(lean, warm))
+        results["audit"].append(per_request_us(audited, warm))
         miss_scopes = [scope(ip) for ip in fresh[r * n : (r + 1) * n]]
         results["miss"].append(per_request_us(protected, miss_scopes))
     return [(name, statistics.median(values)) for name, values in results.items()]
 
 
-VARIANTS = ("bare", "noop", "warm", "lean", "miss")
+VARIANTS = ("bare", "noop", "warm", "lean", "audit", "miss")
 
 
 def _variant_app(name: str) -> Any:
@@ -113,6 +115,9 @@ def _variant_app(name: str) -> Any:
         return Noop(make_bare())
     policy = demo_policy(None)
     assert isinstance(policy, Policy)
+    if name == "audit":  # every request on a restricting class goes to the audit trail (a temporary file)
+        trail = Path(tempfile.mkdtemp(prefix="geofence-bench-")) / "audit.jsonl"
+        policy = dataclasses.replace(policy, audit=AuditConfig(path=str(trail)))
     if name == "lean":  # without marking responses private (it wraps the app's send)
         policy = dataclasses.replace(policy, private_cache=False)
     return GeofenceMiddleware(make_bare(), config=policy)
@@ -225,6 +230,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "noop": "+ no-op pure-ASGI middleware",
         "warm": "+ geofence, warm (same network, same route)",
         "lean": "+ geofence, warm, private_cache = false",
+        "audit": "+ geofence, warm, audit trail on",
         "miss": "+ geofence, cache miss (new network each time)",
     }
     for key, label in labels.items():

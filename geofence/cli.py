@@ -92,6 +92,9 @@ def _parser() -> argparse.ArgumentParser:
     info.add_argument("--json", action="store_true", help="print one JSON object")
     info.add_argument("--verify", action="store_true", help="also walk the whole search tree and decode every record")
     info.set_defaults(handler=_db_info)
+    from .cli_update import register_update
+
+    register_update(db)
 
     check = commands.add_parser(
         "check",
@@ -127,6 +130,9 @@ def _parser() -> argparse.ArgumentParser:
     validate.add_argument("file", metavar="FILE")
     validate.set_defaults(handler=_policy_validate)
 
+    from .cli_audit import register_audit
+
+    register_audit(commands)
     demo = commands.add_parser(
         "demo",
         help="serve a demo app behind the middleware",

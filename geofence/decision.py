@@ -45,6 +45,7 @@ EXEMPT: Final = "exempt"
 REPORT_ONLY: Final = "report_only"
 ERROR: Final = "error"
 DATABASE_STALE: Final = "database_stale"
+AUDIT_UNAVAILABLE: Final = "audit_unavailable"
 
 _IDENTITY_CODES: Final = frozenset({IDENTITY_REQUIRED, IDENTITY_INVALID})
 _INFORMATIONAL: Final = frozenset({EXEMPT, REPORT_ONLY})

@@ -23,13 +23,15 @@ def health_report(state: State | None, live: Reloader, now: float) -> tuple[int,
     policy = state.policy
     databases = database_report((db.info for db in state.locator.databases), policy.max_age_days, now)
     stale = not all(db["fresh"] for db in databases)
-    ready = not (stale and policy.on_stale == "deny")
+    audit = state.audit
+    ready = not (stale and policy.on_stale == "deny") and not (audit is not None and audit.failing)
     body = {
-        "status": "ok" if not stale else ("stale" if ready else "unavailable"),
+        "status": "unavailable" if not ready else ("stale" if stale else "ok"),
         "policy_version": policy.version,
         "databases": databases,
         "on_stale": policy.on_stale,
         "reloads": dict(live.reloads),
         "last_reload": live.last_reload,
+        "audit": None if audit is None else {**audit.counters(), "healthy": audit.healthy, "failing": audit.failing},
     }
     return (200 if ready else 503), body

@@ -27,7 +27,7 @@ from typing import Any, Final
 
 from .asgi import buffer_body, expiring_websocket, header, private_responses, refuse_lifespan, send_denial, send_json
 from .client_ip import resolve_client
-from .decision import ERROR, Decision, Reason, decide, error_decision
+from .decision import AUDIT_UNAVAILABLE, ERROR, Decision, Reason, decide, error_decision
 from .errors import GeofenceError
 from .freshness import stale_decision, stale_message
 from .health import health_report
@@ -173,6 +173,18 @@ class GeofenceMiddleware:
             decision = error_decision(state.policy, _INTERNAL_ERROR_CLASS, f"internal error: {type(exc).__name__}")
         if state.stale_at is not None and time.time() >= state.stale_at:
             decision = self._stale(state, decision)
+        audit = state.audit
+        if (
+            audit is not None
+            and audit.on_failure == "deny"
+            and decision.allowed
+            and decision.export_class in state.restricting
+            and audit.failing
+        ):
+            # [audit] on_failure = "deny": what cannot be recorded is not served (the denial is still queued,
+            # and the first write that succeeds clears the failure)
+            detail = "audit trail failing (on_failure = deny)"
+            decision = error_decision(state.policy, decision.export_class, detail, code=AUDIT_UNAVAILABLE)
         scope_state = scope.get("state")
         if scope_state is None:
             scope_state = scope["state"] = {}
@@ -180,9 +192,12 @@ class GeofenceMiddleware:
         scope_state[POLICY_KEY] = state.policy
         scope_state[MIDDLEWARE_KEY] = self
         scope_state[CLIENT_KEY] = where
+        client = where.client if where is not None else None
         if decision.allowed:
             if decision.reasons and decision.would_deny:
-                self.recorder.record("would_deny", decision, scope, state.policy.log_format, state.metrics)
+                self.recorder.record("would_deny", decision, scope, state, client)
+            elif decision.export_class in state.audited:
+                self.recorder.allowed(decision, scope, state, client)
             if private:
                 send = private_responses(send)
             identity = decision.identity
@@ -190,7 +205,7 @@ class GeofenceMiddleware:
                 receive, send = expiring_websocket(receive, send, identity.expires + state.websocket_grace)
             await self.app(scope, receive, send)
             return
-        self.recorder.record("deny", decision, scope, state.policy.log_format, state.metrics)
+        self.recorder.record("deny", decision, scope, state, client)
         await send_denial(scope, receive, send, self._denial(state, decision, scope))
 
     def _stale(self, state: State, decision: Decision) -> Decision:
@@ -297,7 +312,8 @@ class GeofenceMiddleware:
             return Where(None, problem, None, True)
         if client.key is None:
             return Where(None, f"client address unknown: {client.problem}", None)
-        return Where(state.locator.lookup_key(client.key), None, state.policy.exempt_network(client.key))
+        location = state.locator.lookup_key(client.key)
+        return Where(location, None, state.policy.exempt_network(client.key), False, client.text)
 
     def _warn_once(self, problem: str) -> None:
         """A broken proxy chain is a deployment problem: say what to change, once per kind, not per request

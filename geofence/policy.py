@@ -32,6 +32,7 @@ from .tokens import TokenConfig
 
 __all__ = [
     "EXAMPLE_POLICY",
+    "AuditConfig",
     "ClassPolicy",
     "PersonRule",
     "Policy",
@@ -57,6 +58,20 @@ class PolicyError(GeofenceError):
 
 
 @dataclass(frozen=True)
+class AuditConfig:
+    """``[audit]``: where decision records go and which (see README "Audit trail")."""
+
+    path: str | None = None
+    logger: str | None = None
+    include: str = "controlled"  # "controlled" | "denials" | "all"
+    full_ip: bool = False
+    key_env: str | None = None
+    max_bytes: int | None = 100 * 1024 * 1024
+    daily: bool = False
+    on_failure: str = "log"  # "log" | "deny"
+
+
+@dataclass(frozen=True)
 class Policy:
     """A validated, compiled policy. Build with :func:`load_policy` or :func:`parse_policy`."""
 
@@ -77,6 +92,8 @@ class Policy:
     """Decision log lines: ``"text"`` (key=value, escaped) or ``"json"`` (``[logging] format``)."""
     metrics: bool
     """Export Prometheus metrics (``[metrics] enabled``; needs ``geofence[prometheus]``)."""
+    audit: AuditConfig | None
+    """The audit trail (``[audit]``), or None for none."""
     trusted_proxies: tuple[tuple[int, int, str], ...]
     """Inclusive key ranges with their text; the pseudo-network ``unix`` trusts Unix-socket peers."""
     proxy_header: str
@@ -117,6 +134,7 @@ _TOP: Final = (
     "health",
     "logging",
     "metrics",
+    "audit",
 )
 _ROUTE_KEYS: Final = (
     "path",
@@ -278,6 +296,7 @@ def parse_policy(data: Mapping[str, Any], *, source: str = "<policy>", base_dir:
         health_path=health_path,
         log_format=log_format,
         metrics=metrics_enabled,
+        audit=_audit(top.get("audit"), base_dir, check),
         load=load,
         trusted_proxies=trusted,
         proxy_header=header.lower(),
@@ -289,6 +308,34 @@ def parse_policy(data: Mapping[str, Any], *, source: str = "<policy>", base_dir:
         source=source,
     )
     return _with_version(policy)
+
+
+def _audit(raw: Any, base_dir: Path | None, check: Checker) -> AuditConfig | None:
+    keys = ("path", "logger", "include", "full_ip", "key_env", "max_bytes", "daily", "on_failure")
+    table = check.table(raw, "audit", keys)
+    if not table:
+        return None
+    path = check.string(table.get("path"), "audit.path")
+    logger = check.string(table.get("logger"), "audit.logger")
+    if (path is None) == (logger is None):
+        check.error("audit", "give path (a file) or logger (a logging logger name), one of them")
+    if path is not None and base_dir is not None and not Path(path).is_absolute():
+        path = str(base_dir / path)
+    flags = {}
+    for key in ("full_ip", "daily"):
+        flags[key] = table.get(key, False)
+        if not isinstance(flags[key], bool):
+            check.error(f"audit.{key}", "must be true or false")
+    return AuditConfig(
+        path=path,
+        logger=logger,
+        include=check.string(table.get("include"), "audit.include", ("controlled", "denials", "all")) or "controlled",
+        full_ip=flags["full_ip"] is True,
+        key_env=check.string(table.get("key_env"), "audit.key_env"),
+        max_bytes=check.integer(table.get("max_bytes"), "audit.max_bytes") or 100 * 1024 * 1024,
+        daily=flags["daily"] is True,
+        on_failure=check.string(table.get("on_failure"), "audit.on_failure", ("log", "deny")) or "log",
+    )
 
 
 def _reference(file: str | None, base_dir: Path | None, check: Checker) -> ReferenceData:

@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import json
 import logging
-import re
-import uuid
 from collections import Counter
 from collections.abc import Callable, MutableMapping
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
+from .audit import AuditWriter
 from .decision import Decision
 from .metrics import Metrics
+from .policy import Policy
+from .request import header_request_id
 
 __all__ = ["REQUEST_ID_KEY", "DecisionRecorder", "printable", "request_id"]
 
@@ -24,7 +25,6 @@ decisions_log = logging.getLogger("geofence.decision")
 log = logging.getLogger("geofence")
 
 _MAX_LOGGED: Final = 200
-_REQUEST_ID: Final = re.compile(rb"[A-Za-z0-9._:-]{1,64}")
 REQUEST_ID_KEY: Final = "geofence.request_id"
 
 
@@ -54,14 +54,17 @@ def request_id(scope: MutableMapping[str, Any]) -> str:
     state = scope.setdefault("state", {})
     found = state.get(REQUEST_ID_KEY)
     if found is None:
-        for name, value in scope.get("headers", ()):
-            if name == b"x-request-id" and _REQUEST_ID.fullmatch(value):
-                found = value.decode("ascii")
-                break
-        else:
-            found = uuid.uuid4().hex
-        state[REQUEST_ID_KEY] = found
+        found = state[REQUEST_ID_KEY] = header_request_id(scope.get("headers", ()))
     return str(found)
+
+
+class Sinks(Protocol):
+    """What the recorder reads from the loaded state (:class:`geofence.state.State` provides it)."""
+
+    policy: Policy
+    metrics: Metrics | None
+    audit: AuditWriter | None
+    restricting: frozenset[str]
 
 
 class DecisionRecorder:
@@ -72,19 +75,24 @@ class DecisionRecorder:
         self.stats: Counter[tuple[str, str, str]] = Counter()
         """By (outcome, export class, reason code)."""
 
+    def allowed(self, decision: Decision, scope: MutableMapping[str, Any], sinks: Sinks, client: str | None) -> None:
+        """An allowed decision: only the audit trail may want it (``include``), and cheaply — this is the
+        request path of every served request on a controlled class."""
+        if sinks.audit is not None:  # the caller checked [audit] include (State.audited); the writer thread
+            sinks.audit.submit("allow", decision, scope["headers"], client)  # reads the request id
+
     def record(
-        self,
-        outcome: str,
-        decision: Decision,
-        scope: MutableMapping[str, Any],
-        fmt: str = "text",
-        metrics: Metrics | None = None,
+        self, outcome: str, decision: Decision, scope: MutableMapping[str, Any], sinks: Sinks, client: str | None
     ) -> None:
-        """Count, log (``fmt``: ``"text"`` key=value, or ``"json"``) and hand on one recorded decision."""
+        """Count, log (``[logging] format``: key=value or JSON), audit and hand on one denial or report-mode
+        would-be denial."""
         for reason in decision.reasons:
             self.stats[(outcome, decision.export_class, reason.code)] += 1
-        if metrics is not None:
-            metrics.record(outcome, decision.export_class, (r.code for r in decision.reasons))
+        if sinks.metrics is not None:
+            sinks.metrics.record(outcome, decision.export_class, (r.code for r in decision.reasons))
+        if sinks.audit is not None:
+            sinks.audit.submit(outcome, decision, request_id(scope), client)
+        fmt = sinks.policy.log_format
         location = decision.location
         network = location.network if location is not None else None
         country = location.country if location is not None else None

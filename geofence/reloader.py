@@ -70,7 +70,7 @@ class Reloader:
             self._watcher.start()
 
     def _build(self) -> State:
-        return build_state(self._config, self._path, self._deny_hook)
+        return build_state(self._config, self._path, self._deny_hook, self.state)
 
     def reload(self) -> bool:
         """Re-read the policy file and databases now; True if a new state was swapped in."""
@@ -89,6 +89,8 @@ class Reloader:
                 log.exception("geofence: %s: could not load the new configuration", kept)
             return False
         self.state = state  # one reference assignment: requests see the old state or the new, never a mix
+        if old is not None and old.audit is not None and old.audit is not state.audit:
+            old.audit.close()  # records already queued are written first; the new writer starts a new chain
         self.reloads["ok"] += 1
         if state.metrics is not None:
             state.metrics.loaded(True, (db.info for db in state.locator.databases))
@@ -113,10 +115,12 @@ class Reloader:
                 self.reload()
 
     def close(self) -> None:
-        """Stop watching for changes."""
+        """Stop watching for changes, and write what the audit trail still holds."""
         self._stop.set()
         if self._watcher is not None:
             self._watcher.join(timeout=5)
+        if self.state is not None and self.state.audit is not None:
+            self.state.audit.close()
 
 
 def _database_changes(old: State, new: State) -> list[str]:

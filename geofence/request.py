@@ -12,11 +12,13 @@ a trusted proxy (an attacker must not be able to fill the cache with header vari
 
 from __future__ import annotations
 
+import itertools
 import re
-from collections.abc import Callable, Mapping, MutableMapping
+import uuid
+from collections.abc import Callable, Iterable, Mapping, MutableMapping
 from typing import Any, Final, NamedTuple
 
-__all__ = ["MAX_KEY_BYTES", "Refused", "RequestFacts", "read_request", "request_key"]
+__all__ = ["MAX_KEY_BYTES", "Refused", "RequestFacts", "header_request_id", "read_request", "request_key"]
 
 MAX_KEY_BYTES: Final = 2048
 """Requests whose path, host and forwarding headers together are longer are decided without caching."""
@@ -25,6 +27,11 @@ MAX_KEY_BYTES: Final = 2048
 # A DNS name (labels, optional trailing dot) or a bracketed IPv6 literal, then an optional port. Anything
 # else — "user@host", "host/x", "a,b", spaces — frameworks parse differently, so it matches no host rule safely.
 _HOST: Final = re.compile(r"(?:[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*\.?|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?")
+
+
+_REQUEST_ID: Final = re.compile(rb"[A-Za-z0-9._:-]{1,64}")
+_ID_PREFIX: Final = uuid.uuid4().hex[:12] + "-"  # unique per process; a counter after it is unique per request
+_ID_COUNTER: Final = itertools.count(1)
 
 
 class Refused(Exception):
@@ -106,3 +113,12 @@ def read_request(
     method = scope.get("method") or "WEBSOCKET"
     size = len(method) + len(path) + len(host) + len(root_path) + sum(len(v) for v in forwarding.values())
     return RequestFacts(method, path, root_path, host, client[0] if client else None, forwarding, key, size)
+
+
+def header_request_id(headers: Iterable[tuple[bytes, bytes]]) -> str:
+    """The ``X-Request-ID`` of *headers* when it is a plain token (so records join with the proxy's logs), else
+    a new id: unique per process (random prefix) and per request (a counter)."""
+    for name, value in headers:
+        if name == b"x-request-id" and _REQUEST_ID.fullmatch(value):
+            return value.decode("ascii")
+    return f"{_ID_PREFIX}{next(_ID_COUNTER):x}"

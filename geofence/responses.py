@@ -14,7 +14,15 @@ from collections.abc import Callable, MutableMapping
 from dataclasses import dataclass
 from typing import Any, Final
 
-from .decision import CLIENT_ADDRESS_INVALID, DATABASE_STALE, ERROR, IDENTITY_INVALID, LOCATION_UNKNOWN, Decision
+from .decision import (
+    AUDIT_UNAVAILABLE,
+    CLIENT_ADDRESS_INVALID,
+    DATABASE_STALE,
+    ERROR,
+    IDENTITY_INVALID,
+    LOCATION_UNKNOWN,
+    Decision,
+)
 
 __all__ = ["DenialResponse", "ResponseConfig", "denial_response"]
 
@@ -34,6 +42,7 @@ _TYPES: Final = {451: "legal-block", 401: "identity-required", 503: "not-evaluat
 _PUBLIC_DETAILS: Final = {
     ERROR: "the request could not be evaluated",
     DATABASE_STALE: "the location data is out of date",
+    AUDIT_UNAVAILABLE: "the decision could not be recorded",
     LOCATION_UNKNOWN: "the location of the request could not be established",
     CLIENT_ADDRESS_INVALID: "the client address could not be established through the proxies in front of this service",
 }

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from .addresses import address_key
+from .audit import AuditWriter
 from .cache import BoundedCache
 from .client_ip import ProxyConfig
 from .decision import Decision
@@ -22,7 +23,7 @@ from .freshness import stale_at
 from .location import Location
 from .locator import Locator
 from .metrics import Metrics, metrics
-from .policy import Policy, load_policy, parse_policy
+from .policy import AuditConfig, Policy, load_policy, parse_policy
 from .responses import DenialResponse, ResponseConfig
 from .routes import Route
 from .tokens import TokenVerifier
@@ -38,6 +39,8 @@ class Where(NamedTuple):
     exempt: str | None
     broken: bool = False
     """The problem is a broken proxy chain (denied as client_address_invalid), not an unknown location."""
+    client: str | None = None
+    """The resolved client address as text (recorded in the audit trail only with ``full_ip = true``)."""
 
 
 class Front(NamedTuple):
@@ -73,6 +76,9 @@ class State:
     websocket_grace: float = 0.0
     stale_logged: bool = False
     metrics: Metrics | None = None
+    audit: AuditWriter | None = None
+    audited: frozenset[str] = frozenset()
+    """Classes whose *allowed* decisions go to the audit trail (``[audit] include``); denials always do."""
     signature: tuple[Any, ...] = ()
     # Bounded by entries and bytes, evicting a little at a time (see cache.py): keys come from clients.
     decisions: BoundedCache[tuple[str, int, int, str | None], tuple[Any, Any, Decision]] = field(
@@ -101,8 +107,10 @@ def build_state(
     config: str | os.PathLike[str] | Policy | Mapping[str, Any] | None,
     path: Path | None,
     deny_hook: Callable[[Decision, MutableMapping[str, Any]], DenialResponse | None] | None,
+    previous: State | None = None,
 ) -> State:
-    """Load and validate everything a request reads; raises on any problem (nothing is half-built)."""
+    """Load and validate everything a request reads; raises on any problem (nothing is half-built). The audit
+    writer of *previous* is kept when its settings did not change, so one process keeps one chain."""
     if isinstance(config, Policy):
         policy = config
     elif isinstance(config, Mapping):
@@ -130,8 +138,28 @@ def build_state(
         private_classes=restricting if policy.private_cache else frozenset(),
         stale_at=stale_at((db.info for db in locator.databases), policy.max_age_days),
         metrics=metrics() if policy.metrics else None,
+        audit=audit_writer(policy.audit, previous),
+        audited=_audited(policy, restricting),
         signature=signature(path, policy),
     )
+
+
+def audit_writer(config: AuditConfig | None, previous: State | None) -> AuditWriter | None:
+    """The writer for *config*: the previous state's when its settings are the same, else a new one."""
+    if config is None:
+        return None
+    if previous is not None and previous.audit is not None and previous.policy.audit == config:
+        return previous.audit
+    return AuditWriter(
+        config.path, logger=config.logger, include=config.include,  # type: ignore[arg-type]
+        full_ip=config.full_ip, key_env=config.key_env, max_bytes=config.max_bytes, daily=config.daily,
+        on_failure=config.on_failure,  # type: ignore[arg-type]
+    )  # fmt: skip
+
+
+def _audited(policy: Policy, restricting: frozenset[str]) -> frozenset[str]:
+    include = policy.audit.include if policy.audit is not None else "denials"
+    return frozenset(policy.classes) if include == "all" else restricting if include == "controlled" else frozenset()
 
 
 def signature(path: Path | None, policy: Policy | None) -> tuple[Any, ...]:
