@@ -22,9 +22,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
 
-from .decision import Decision
+from .decision import CLIENT_ADDRESS_INVALID, ERROR, EXEMPT, IDENTITY_INVALID, Decision, decide
 from .identity import Identity
 from .location import Anonymizer, Location
+from .policy import Policy
 
 __all__ = [
     "GENESIS",
@@ -283,3 +284,24 @@ def _check_link(chain: str, previous: _Entry | None, entry: _Entry, problems: li
         problems.append(
             Problem(entry.file, entry.line, f"{where}: does not follow the previous record (inserted or replaced)")
         )
+
+
+def redecide(record: dict[str, Any], policy: Policy, trace: list[str] | None = None) -> Decision | None:
+    """The decision *policy* makes on a record's facts (location, identity, the problems the record names);
+    None for a record that cannot be replayed (a 503 error, whose facts may be incomplete)."""
+    reasons = record.get("reasons") or []
+    codes = {r.get("code"): r.get("detail", "") for r in reasons if isinstance(r, dict)}
+    if ERROR in codes or not isinstance(record.get("class"), str):
+        return None
+    facts = record.get("facts") or {}
+    client_problem = codes.get(CLIENT_ADDRESS_INVALID)
+    return decide(
+        policy,
+        record["class"],
+        location_from_facts(facts.get("location")),
+        identity_from_facts(facts.get("identity")),
+        identity_problem=codes.get(IDENTITY_INVALID),
+        client_problem=client_problem.removeprefix("client address cannot be trusted: ") if client_problem else None,
+        exempt=codes.get(EXEMPT),
+        trace=trace,
+    )

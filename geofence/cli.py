@@ -91,6 +91,9 @@ def _parser() -> argparse.ArgumentParser:
     info.add_argument("path", nargs="?", metavar="PATH", help="database file (default: the bundled one)")
     info.add_argument("--json", action="store_true", help="print one JSON object")
     info.add_argument("--verify", action="store_true", help="also walk the whole search tree and decode every record")
+    info.add_argument(
+        "--max-age-days", type=int, metavar="N", help="warn (on stderr) when the database is older than N days"
+    )
     info.set_defaults(handler=_db_info)
     from .cli_update import register_update
 
@@ -101,7 +104,14 @@ def _parser() -> argparse.ArgumentParser:
         help="explain the decision for one request",
         description="Decide one request offline and explain which rule decided. Exit 0 allowed, 1 denied, 2 bad input.",
     )
-    check.add_argument("--ip", required=True, help="the client address")
+    client = check.add_mutually_exclusive_group(required=True)
+    client.add_argument("--ip", help="the client address")
+    client.add_argument(
+        "--peer",
+        help="the TCP peer instead: the client is resolved from it and the --header forwarding headers "
+        "through [proxies], as the middleware would",
+    )
+    client.add_argument("--record", metavar="JSON", help="explain a recorded audit-trail line under --config")
     what = check.add_mutually_exclusive_group()
     what.add_argument("--class", dest="export_class", metavar="CLASS", help="decide for this export class directly")
     what.add_argument("--path", help="classify this request path (and ?query) with the policy's routes")
@@ -259,8 +269,11 @@ def _db_info(args: argparse.Namespace) -> int:
         report = _describe(db)
         if args.verify:
             report["verified_networks"] = _verify(db)
+        stale = stale_message([db.info], args.max_age_days, time.time())
     finally:
         db.close()
+    if stale is not None:
+        print(f"geofence: warning: {stale}", file=sys.stderr)
     if args.json:
         print(json.dumps(report))
     else:

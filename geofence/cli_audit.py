@@ -14,8 +14,8 @@ from collections import Counter
 from collections.abc import Iterable
 from typing import Any
 
-from .audit_records import identity_from_facts, location_from_facts, read_records, verify_files
-from .decision import CLIENT_ADDRESS_INVALID, ERROR, EXEMPT, IDENTITY_INVALID, REPORT_ONLY, decide
+from .audit_records import read_records, redecide, verify_files
+from .decision import REPORT_ONLY
 from .errors import GeofenceError
 from .policy import Policy, load_policy
 
@@ -131,27 +131,12 @@ def replay(files: Iterable[str], policy: Policy) -> dict[str, Any]:
     newly_allowed = {k: Counter[str]() for k in ("class", "reason", "country")}
     replayed = skipped = denied = allowed = 0
     for _, _, record in read_records(files):
-        reasons = record.get("reasons") or []
-        codes = {r.get("code"): r.get("detail", "") for r in reasons if isinstance(r, dict)}
-        if ERROR in codes or "class" not in record:
+        new = redecide(record, policy)
+        if new is None:
             skipped += 1
             continue
-        facts = record.get("facts") or {}
-        location = location_from_facts(facts.get("location"))
-        client_problem = codes.get(CLIENT_ADDRESS_INVALID)
-        if client_problem:
-            client_problem = client_problem.removeprefix("client address cannot be trusted: ")
-        new = decide(
-            policy,
-            str(record["class"]),
-            location,
-            identity_from_facts(facts.get("identity")),
-            identity_problem=codes.get(IDENTITY_INVALID),
-            client_problem=client_problem.removeprefix("client address cannot be trusted: ")
-            if client_problem
-            else None,
-            exempt=codes.get(EXEMPT),
-        )
+        codes = [r.get("code") for r in record.get("reasons") or [] if isinstance(r, dict)]
+        location = new.location
         replayed += 1
         was_allowed = bool(record.get("allowed"))
         country = (location.country if location else None) or "-"

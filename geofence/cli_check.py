@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from .addresses import parse_address
+from .audit_records import redecide
+from .client_ip import ProxyConfig, resolve_client
 from .decision import Decision, decide, error_decision
 from .errors import DatabaseError, GeofenceError
 from .freshness import stale_decision, stale_message
@@ -24,7 +26,10 @@ __all__ = ["check_command"]
 def check_command(args: argparse.Namespace) -> bool:
     """``geofence check``: decide one request offline and print it with a trace of every rule; True if allowed."""
     policy = load_policy(args.config)
-    address = parse_address(args.ip)
+    if args.record is not None:
+        return _explain_record(args.record, policy, args.json)
+    headers = [(n.strip().lower().encode(), v.strip().encode()) for n, _, v in (h.partition(":") for h in args.header)]
+    key, client_problem, shown = _client(args.ip, args.peer, headers, policy)
     claims = None
     if args.claims is not None:
         try:
@@ -32,7 +37,9 @@ def check_command(args: argparse.Namespace) -> bool:
         except ValueError as exc:
             raise GeofenceError(f"--claims is not valid JSON ({exc})") from None
     trace: list[str] = []
-    request: dict[str, Any] = {"ip": args.ip}
+    request: dict[str, Any] = {"ip": shown}
+    if client_problem is not None:
+        trace.append(f"client: {client_problem}")
     route_exempt = None
     if args.export_class is not None:
         if args.export_class not in policy.classes:
@@ -48,9 +55,6 @@ def check_command(args: argparse.Namespace) -> bool:
         request.update(method=args.method.upper(), host=args.host, path=target)
         route = policy.routes.classify(args.method, args.host, unquote(path), args.root_path)  # as servers decode
         body = args.body.encode() if args.body is not None else b""
-        headers = [
-            (n.strip().lower().encode(), v.strip().encode()) for n, _, v in (h.partition(":") for h in args.header)
-        ]
         classes = [
             r.params.classify(body, query.encode(), headers) if r.params is not None else (r.export_class, r.describe())
             for r in (route, *route.also)
@@ -60,7 +64,7 @@ def check_command(args: argparse.Namespace) -> bool:
         trace.append(f"class: {export_class} ({why})")
         trace.extend(f"another spelling the app may route is {c} ({w}): it must pass too" for c, w in classes[1:])
         route_exempt = route.exempt
-    exempt = policy.exempt_network(address.key) or (route_exempt if args.export_class is None else None)
+    exempt = policy.exempt_network(key) or (route_exempt if args.export_class is None else None)
     identity, problem = None, None
     if claims is not None:
         try:
@@ -80,7 +84,7 @@ def check_command(args: argparse.Namespace) -> bool:
         trace.append(f"claims used: {identity.describe_source()}")
     with policy.locator() as locator:
         try:
-            location = locator.lookup_key(address.key)
+            location = locator.lookup_key(key) if key is not None else None
         except DatabaseError as exc:
             decision = error_decision(policy, export_class, str(exc))
         else:  # every spelling the app may route must pass, as in the middleware: the first denial wins
@@ -91,6 +95,7 @@ def check_command(args: argparse.Namespace) -> bool:
                     location,
                     identity,
                     identity_problem=problem,
+                    client_problem=client_problem,
                     exempt=exempt,
                     trace=trace if i == 0 else None,
                 )
@@ -102,6 +107,49 @@ def check_command(args: argparse.Namespace) -> bool:
             trace.append(f"databases: {stale}; on_stale = {policy.on_stale}")
             decision = stale_decision(policy, decision, stale)
     if args.json:
+        print(json.dumps({"request": request, **decision.as_dict(), "trace": trace}))
+    else:
+        _print_decision(decision, request, trace, sys.stdout)
+    return decision.allowed
+
+
+def _client(
+    ip: str | None, peer: str | None, headers: list[tuple[bytes, bytes]], policy: Policy
+) -> tuple[int | None, str | None, str]:
+    """(address key, broken-chain problem, what to show) for ``--ip``, or for ``--peer`` with forwarding headers
+    resolved through ``[proxies]`` exactly as the middleware resolves them."""
+    if ip is not None:
+        return parse_address(ip).key, None, ip
+    assert peer is not None
+    config = ProxyConfig.from_networks(policy.trusted_proxies, policy.proxy_header)
+    forwarding: dict[bytes, bytes] = {}
+    for name, value in headers:
+        if name in config.watched:
+            forwarding[name] = forwarding[name] + b"," + value if name in forwarding else value
+    client = resolve_client({"client": (peer, 0)}, config, forwarding)
+    if client.broken or client.key is None:
+        return None, client.problem if client.broken else None, f"peer {peer} ({client.problem})"
+    return client.key, None, f"{client.text} (peer {peer}, via {client.via})"
+
+
+def _explain_record(line: str, policy: Policy, as_json: bool) -> bool:
+    """Re-decide one audit-trail record under *policy*, with a trace, beside what was recorded."""
+    try:
+        record = json.loads(line)
+    except ValueError as exc:
+        raise GeofenceError(f"--record is not a JSON audit record ({exc})") from None
+    if not isinstance(record, dict):
+        raise GeofenceError("--record is not a JSON audit record (not an object)")
+    trace = [
+        f"recorded: {record.get('outcome')} {record.get('status')} under policy {record.get('policy')} "
+        f"at {record.get('time')} (request {record.get('request_id')})"
+    ]
+    decision = redecide(record, policy, trace)
+    if decision is None:
+        raise GeofenceError("the record is of an error (503) or names no class: nothing to re-decide")
+    network = decision.location.network if decision.location is not None else "-"
+    request = {"ip": f"recorded network {network}"}
+    if as_json:
         print(json.dumps({"request": request, **decision.as_dict(), "trace": trace}))
     else:
         _print_decision(decision, request, trace, sys.stdout)

@@ -171,3 +171,52 @@ async def test_decision_log_lines_carry_the_request_id_in_either_format(
     else:
         assert first.endswith(" request_id=req-42.a") and "client=5.8.0.0/16 RU" in first
         assert "request_id=bad" not in second
+
+
+def test_check_resolves_a_live_request_through_the_proxies(write_db: Any, tmp_path: Path) -> None:
+    db = write_db("fresh.mmdb", "GeoIP2-Country", NETWORKS)
+    path = tmp_path / "policy.toml"
+    path.write_text(
+        f'[geoip]\ndatabases = ["{db}"]\n[proxies]\ntrusted = ["10.0.0.0/8"]\n'
+        '[classes.EAR99]\ndeny_destinations = ["RU"]\nunknown_location = "allow"\n'
+    )
+
+    def check(*args: str) -> tuple[int, dict[str, Any]]:
+        result = geofence("check", "--config", str(path), "--json", *args)
+        return result.returncode, json.loads(result.stdout)
+
+    code, decision = check("--peer", "10.1.1.1", "--header", "X-Forwarded-For: 9.9.9.9, 5.8.1.1")
+    assert code == 1 and decision["reasons"][0]["code"] == "destination_denied"  # the proxy's client is in RU
+    code, decision = check("--peer", "10.1.1.1", "--header", "X-Forwarded-For: junk")
+    assert code == 1 and decision["reasons"][0]["code"] == "client_address_invalid"
+    code, decision = check("--peer", "5.8.1.1", "--header", "X-Forwarded-For: 8.8.8.8")  # forged: ignored
+    assert code == 1 and decision["facts"]["location"]["country"] == "RU"
+
+
+def test_check_explains_a_recorded_decision_under_another_policy(write_db: Any, tmp_path: Path) -> None:
+    from geofence.audit import AuditWriter
+    from geofence.decision import decide
+    from geofence.locator import Locator
+    from geofence.policy import parse_policy
+
+    db = write_db("fresh.mmdb", "GeoIP2-Country", NETWORKS)
+    old = parse_policy({"geoip": {"databases": [str(db)]}, "classes": {"EAR99": {"deny_destinations": ["CU"]}}})
+    with Locator([str(db)]) as locator:
+        decision = decide(old, "EAR99", locator.lookup("8.8.8.8"))
+    trail = tmp_path / "audit.jsonl"
+    with AuditWriter(trail) as writer:
+        writer.submit("allow", decision, "req-7", None)
+    line = trail.read_text().splitlines()[0]
+    stricter = tmp_path / "new.toml"
+    stricter.write_text(f'[geoip]\ndatabases = ["{db}"]\n[classes.EAR99]\ndeny_destinations = ["US"]\n')
+    result = geofence("check", "--config", str(stricter), "--record", line)
+    assert result.returncode == 1, result.stderr
+    assert "recorded: allow 200" in result.stdout and "req-7" in result.stdout
+    assert "destination US is denied" in result.stdout
+
+
+def test_db_info_warns_about_an_old_database(monkeypatch: pytest.MonkeyPatch, write_db: Any) -> None:
+    db = built_days_ago(monkeypatch, write_db, "old.mmdb", 60)
+    old = geofence("db", "info", str(db), "--max-age-days", "30")
+    assert old.returncode == 0 and "warning: database older than max_age_days = 30" in old.stderr
+    assert geofence("db", "info", str(db), "--max-age-days", "90").stderr == ""
