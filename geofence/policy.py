@@ -23,6 +23,7 @@ from .destinations import GroupResolver, ReferenceData, load_reference
 from .errors import GeofenceError
 from .identity import ClaimNames
 from .locator import DEFAULT_CACHE_SIZE, Locator
+from .policy_audit import AuditConfig, audit_config
 from .policy_checks import Checker, Problem, keys_of
 from .policy_classes import MODES, ClassPolicy, PersonRule, compile_class
 from .policy_identity import TOKEN_KEYS, token_config
@@ -55,20 +56,6 @@ class PolicyError(GeofenceError):
         self.problems = problems
         count = f"{len(problems)} problem{'s' if len(problems) != 1 else ''}"
         super().__init__(f"{source}: {count}: " + "; ".join(map(str, problems)))
-
-
-@dataclass(frozen=True)
-class AuditConfig:
-    """``[audit]``: where decision records go and which (see README "Audit trail")."""
-
-    path: str | None = None
-    logger: str | None = None
-    include: str = "controlled"  # "controlled" | "denials" | "all"
-    full_ip: bool = False
-    key_env: str | None = None
-    max_bytes: int | None = 100 * 1024 * 1024
-    daily: bool = False
-    on_failure: str = "log"  # "log" | "deny"
 
 
 @dataclass(frozen=True)
@@ -296,7 +283,7 @@ def parse_policy(data: Mapping[str, Any], *, source: str = "<policy>", base_dir:
         health_path=health_path,
         log_format=log_format,
         metrics=metrics_enabled,
-        audit=_audit(top.get("audit"), base_dir, check),
+        audit=audit_config(top.get("audit"), base_dir, check),
         load=load,
         trusted_proxies=trusted,
         proxy_header=header.lower(),
@@ -308,34 +295,6 @@ def parse_policy(data: Mapping[str, Any], *, source: str = "<policy>", base_dir:
         source=source,
     )
     return _with_version(policy)
-
-
-def _audit(raw: Any, base_dir: Path | None, check: Checker) -> AuditConfig | None:
-    keys = ("path", "logger", "include", "full_ip", "key_env", "max_bytes", "daily", "on_failure")
-    table = check.table(raw, "audit", keys)
-    if not table:
-        return None
-    path = check.string(table.get("path"), "audit.path")
-    logger = check.string(table.get("logger"), "audit.logger")
-    if (path is None) == (logger is None):
-        check.error("audit", "give path (a file) or logger (a logging logger name), one of them")
-    if path is not None and base_dir is not None and not Path(path).is_absolute():
-        path = str(base_dir / path)
-    flags = {}
-    for key in ("full_ip", "daily"):
-        flags[key] = table.get(key, False)
-        if not isinstance(flags[key], bool):
-            check.error(f"audit.{key}", "must be true or false")
-    return AuditConfig(
-        path=path,
-        logger=logger,
-        include=check.string(table.get("include"), "audit.include", ("controlled", "denials", "all")) or "controlled",
-        full_ip=flags["full_ip"] is True,
-        key_env=check.string(table.get("key_env"), "audit.key_env"),
-        max_bytes=check.integer(table.get("max_bytes"), "audit.max_bytes") or 100 * 1024 * 1024,
-        daily=flags["daily"] is True,
-        on_failure=check.string(table.get("on_failure"), "audit.on_failure", ("log", "deny")) or "log",
-    )
 
 
 def _reference(file: str | None, base_dir: Path | None, check: Checker) -> ReferenceData:
