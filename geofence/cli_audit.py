@@ -12,8 +12,10 @@ import os
 import sys
 from collections import Counter
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
+from .audit_chart import write_chart
 from .audit_records import read_records, redecide, verify_files
 from .decision import REPORT_ONLY
 from .errors import GeofenceError
@@ -48,6 +50,7 @@ def register_audit(commands: Any) -> None:
     )
     summary.add_argument("files", nargs="+", metavar="FILE")
     summary.add_argument("--json", action="store_true", help="print one JSON object")
+    summary.add_argument("--chart", metavar="OUT.svg", help="also draw decisions per hour and top countries/reasons")
     summary.set_defaults(handler=_summary)
 
     replay_cmd = audit.add_parser(
@@ -109,7 +112,12 @@ def summarize(files: Iterable[str]) -> dict[str, Any]:
 
 
 def _summary(args: argparse.Namespace) -> int:
-    report = summarize(_readable(args.files))
+    files = _readable(args.files)
+    report = summarize(files)
+    if args.chart is not None:
+        if not args.chart.endswith(".svg"):
+            raise GeofenceError(f"--chart {args.chart}: the chart is SVG (it needs no plotting library): name it .svg")
+        write_chart(files, Path(args.chart))
     if args.json:
         print(json.dumps(report))
         return EXIT_OK

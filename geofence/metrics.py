@@ -14,9 +14,12 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterable
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from .location import DatabaseInfo
+
+if TYPE_CHECKING:
+    from .audit import AuditWriter
 
 __all__ = ["Metrics", "metrics"]
 
@@ -69,6 +72,13 @@ class Metrics:
             ["path"],
             multiprocess_mode="min",
         )
+        self.audit_depth = Gauge(
+            "geofence_audit_queue_depth", "Audit records waiting for the writer thread.", multiprocess_mode="livesum"
+        )
+        self.audit_lost = Counter(
+            "geofence_audit_failures_total", "Audit records dropped (queue full) and write errors.", ["kind"]
+        )
+        self._audit_seen: dict[str, int] = {"dropped": 0, "errors": 0}
         self.pending = 0
         """Requests counted on the warm path, not yet handed to :attr:`requests`."""
 
@@ -88,6 +98,16 @@ class Metrics:
         for reason in reasons:
             self.decisions.labels(export_class, outcome, reason).inc()
         self.flush()
+
+    def audit(self, writer: AuditWriter) -> None:
+        """Copy the audit writer's queue depth and failure counts (called on misses and denials)."""
+        counts = writer.counters()
+        self.audit_depth.set(counts["queue_depth"])
+        for kind in ("dropped", "errors"):
+            new = counts[kind] - self._audit_seen[kind]
+            if new > 0:
+                self.audit_lost.labels(kind).inc(new)
+                self._audit_seen[kind] = counts[kind]
 
     def loaded(self, ok: bool, databases: Iterable[DatabaseInfo] = ()) -> None:
         self.reloads.labels("ok" if ok else "refused").inc()

@@ -161,6 +161,8 @@ class GeofenceMiddleware:
                     state.front.put(key, front, facts.size)
                 if metrics is not None:
                     metrics.miss(time.perf_counter() - started)
+                    if state.audit is not None:
+                        metrics.audit(state.audit)
             decision = front.decision  # set when nothing but the request key can change the answer
             private, where = front.private, front.where
             if decision is None:

@@ -88,10 +88,12 @@ class DecisionRecorder:
         would-be denial."""
         for reason in decision.reasons:
             self.stats[(outcome, decision.export_class, reason.code)] += 1
-        if sinks.metrics is not None:
-            sinks.metrics.record(outcome, decision.export_class, (r.code for r in decision.reasons))
         if sinks.audit is not None:
             sinks.audit.submit(outcome, decision, request_id(scope), client)
+        if sinks.metrics is not None:
+            sinks.metrics.record(outcome, decision.export_class, (r.code for r in decision.reasons))
+            if sinks.audit is not None:
+                sinks.metrics.audit(sinks.audit)
         fmt = sinks.policy.log_format
         location = decision.location
         network = location.network if location is not None else None

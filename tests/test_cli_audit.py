@@ -17,6 +17,8 @@ from geofence.identity import Identity
 from geofence.location import DatabaseInfo, Location
 from geofence.policy import Policy, load_policy
 
+from .conftest import ROOT
+
 OLD = """
 [defaults]
 class = "EAR99"
@@ -167,3 +169,35 @@ def test_summary(tmp_path: Path, policies: tuple[Path, Path]) -> None:
     assert sum(report["by_hour"].values()) == 6 and all(h.endswith(":00Z") for h in report["by_hour"])
     text = geofence("audit", "summary", str(log))
     assert text.returncode == 0 and "by reason:" in text.stdout and "destination_denied" in text.stdout
+
+
+def test_summary_chart_is_a_readable_svg(tmp_path: Path) -> None:
+    import xml.etree.ElementTree as ElementTree
+
+    from geofence.audit import AuditWriter
+    from geofence.decision import Decision, Reason
+    from geofence.location import Location
+
+    trail = tmp_path / "audit.jsonl"
+    with AuditWriter(trail) as writer:
+        for country, allowed in (("US", True), ("RU", False), ("US", True)):
+            reasons = () if allowed else (Reason("destination_denied", "destination RU is denied"),)
+            location = Location(network="198.18.0.0/15", country=country)
+            decision = Decision(allowed, 200 if allowed else 451, "EAR99", "enforce", reasons, "v1", location, None)
+            writer.submit("allow" if allowed else "deny", decision, "r", None)
+    chart = tmp_path / "chart.svg"
+    result = subprocess.run(
+        [sys.executable, "-m", "geofence", "audit", "summary", str(trail), "--chart", str(chart)],
+        capture_output=True, text=True, cwd=ROOT,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    root = ElementTree.parse(chart).getroot()  # well-formed XML
+    texts = [t.text for t in root.iter("{http://www.w3.org/2000/svg}text")]
+    assert "3 audited decisions by hour (UTC)" in texts and "destination_denied" in texts and "RU" in texts
+    bars = [r for r in root.iter("{http://www.w3.org/2000/svg}rect") if r.get("fill") in ("#2e7d32", "#c62828")]
+    assert len(bars) >= 2
+    bad = subprocess.run(
+        [sys.executable, "-m", "geofence", "audit", "summary", str(trail), "--chart", str(tmp_path / "c.png")],
+        capture_output=True, text=True, cwd=ROOT,
+    )  # fmt: skip
+    assert bad.returncode == 2 and "name it .svg" in bad.stderr

@@ -137,3 +137,22 @@ def test_without_the_setting_prometheus_client_is_never_imported(country_db: Pat
         """
     )
     subprocess.run([sys.executable, "-c", script], cwd=ROOT, check=True, timeout=60)
+
+
+async def test_audit_queue_and_failures_are_exported(country_db: Path, tmp_path: Path) -> None:
+    from .conftest import wait_until
+
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("a file where the audit directory should be")
+    before = value("geofence_audit_failures_total", kind="errors")
+    middleware = GeofenceMiddleware(Recorder(), config=config(country_db, audit={"path": str(blocker / "a.jsonl")}))
+    try:
+        assert (await send(middleware, "GET", "/x", peer="5.8.1.1")).status_code == 451  # recorded, not written
+        state = middleware._state
+        assert state is not None and state.audit is not None
+        assert wait_until(lambda: state.audit is not None and state.audit.errors > 0)
+        await send(middleware, "GET", "/x", peer="5.8.2.2")  # the next recorded decision copies the counts
+        assert value("geofence_audit_failures_total", kind="errors") - before >= 1
+        assert value("geofence_audit_queue_depth") >= 0
+    finally:
+        middleware.close()
