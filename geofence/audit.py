@@ -8,6 +8,7 @@ tells the middleware to fail closed rather than serve controlled content it cann
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import threading
@@ -67,6 +68,10 @@ class AuditWriter:
             raise GeofenceError(f"audit on_failure must be one of {_ON_FAILURE}, not {on_failure!r}")
         if (path is None) == (logger is None):
             raise GeofenceError("audit: give a file path or a logger name, not both or neither")
+        if logger is not None and on_failure == "deny":
+            raise GeofenceError(
+                "audit: on_failure = deny needs a file path: a logging handler's write errors cannot be seen"
+            )
         if max_bytes is not None and max_bytes <= 0:
             raise GeofenceError("audit max_bytes must be positive")
         if queue_size <= 0:
@@ -77,7 +82,8 @@ class AuditWriter:
             if not secret:
                 raise GeofenceError(f"audit key: environment variable {key_env} is not set")
             self.key = secret.encode()
-        self.path = Path(path) if path is not None else None
+        self.path = Path(str(path).replace("{pid}", str(os.getpid()))) if path is not None else None
+        self._lockfile = self._claim(self.path) if self.path is not None else None
         self.include: Include = include
         self.full_ip = full_ip
         self.max_bytes = max_bytes
@@ -106,6 +112,7 @@ class AuditWriter:
         self._closed = False
         self._thread = threading.Thread(target=self._run, name="geofence-audit", daemon=True)
         self._thread.start()
+        atexit.register(self.close)  # a server stopping writes what is queued and logs the chain head
 
     # -- request path -----------------------------------------------------------------------------------------
 
@@ -124,18 +131,20 @@ class AuditWriter:
         decision: Decision,
         request_id: str | Sequence[tuple[bytes, bytes]],
         client_ip: str | None,
-    ) -> None:
+    ) -> bool:
         """Enqueue one decision; never blocks and never raises. A full queue is counted and logged.
 
         *request_id* may be the request's ASGI headers instead: the writer thread then takes ``X-Request-ID``
         from them or makes an id, so an allowed request pays only for the enqueue."""
         if not self._closed and len(self._queue) < self._capacity:
             self._queue.append((_now(), outcome, decision, request_id, client_ip if self.full_ip else None))
+            return True
         else:
             with self._lock:
                 self.dropped += 1
                 self._lost_since_write = True
             self._warn("geofence: audit record dropped (%s): %d dropped so far", "queue full or writer closed")
+        return False
 
     # -- health -----------------------------------------------------------------------------------------------
 
@@ -184,7 +193,10 @@ class AuditWriter:
                 self.dropped += late
             log.warning("geofence: %d audit records submitted after close were dropped", late)
         chain, seq, digest = self.head
-        log.info("geofence: audit chain %s closed after %d records, head %s", chain, seq, digest)
+        # WARNING, so default logging keeps it: the head is what `audit verify --head` needs to see a cut tail
+        log.warning("geofence: audit chain %s closed after %d records, head %s", chain, seq, digest)
+        if self._lockfile is not None:
+            self._lockfile.close()
 
     def __enter__(self) -> Self:
         return self
@@ -222,8 +234,8 @@ class AuditWriter:
                 stop = True
                 continue
             when, outcome, decision, given_id, client_ip = item  # type: ignore[misc]
-            request_id = given_id if isinstance(given_id, str) else header_request_id(given_id)
             try:
+                request_id = given_id if isinstance(given_id, str) else header_request_id(given_id)
                 record = decision_facts(when, outcome, decision, request_id, client_ip)
                 self._write(when, record)
             except Exception as exc:
@@ -250,6 +262,8 @@ class AuditWriter:
         record["prev"] = self._prev
         line, digest = seal(record, self.key)
         if self._logger is not None:
+            if not self._logger.isEnabledFor(logging.INFO):  # the record would vanish: a failure, not a write
+                raise OSError(f"logger {self._logger.name!r} discards INFO records: set its level to INFO")
             self._logger.info(line.rstrip("\n"))
         else:
             out = self._open(when, len(line))
@@ -279,6 +293,27 @@ class AuditWriter:
         self._day = today
         assert self._file is not None
         return self._file
+
+    @staticmethod
+    def _claim(path: Path) -> IO[bytes] | None:
+        """One writer per file: several writers would rename (rotate) each other's files away. Two processes
+        — uvicorn workers — need ``{pid}`` in the path; a second writer here is a configuration error."""
+        import fcntl
+
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            handle = open(path.with_name(path.name + ".lock"), "wb")  # held for the writer's life
+        except OSError:
+            return None  # an unwritable place: every write will fail, be counted and (under deny) fail closed
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.close()
+            raise GeofenceError(
+                f"audit: {path} is already written by another process or writer; with several workers put "
+                '{pid} in [audit] path (path = "audit-{pid}.jsonl")'
+            ) from None
+        return handle
 
     def _rotate(self, when: float) -> None:
         assert self.path is not None

@@ -92,10 +92,24 @@ def check_url(url: str, what: str, why: str) -> str:
     except ValueError:
         host = None
     if not host or parts.scheme not in ("https", "http"):
-        raise ConfigError(f"{what} {url!r} is not an http(s) URL")
+        raise ConfigError(f"{what} {shown_url(url)!r} is not an http(s) URL")
     if parts.scheme == "http" and not _is_loopback(host):
-        raise ConfigError(f"{what} {url!r} uses plain http: {why}")
+        raise ConfigError(f"{what} {shown_url(url)!r} uses plain http: {why}")
     return url
+
+
+def shown_url(url: str) -> str:
+    """*url* fit for a message or a log: no user:password, no query string (licence keys travel there)."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        return "<unparseable URL>"
+    query = "?..." if parts.query else ""
+    return f"{parts.scheme}://{host}{port}{parts.path}{query}"
 
 
 def _is_loopback(host: str) -> bool:

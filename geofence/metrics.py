@@ -78,7 +78,8 @@ class Metrics:
         self.audit_lost = Counter(
             "geofence_audit_failures_total", "Audit records dropped (queue full) and write errors.", ["kind"]
         )
-        self._audit_seen: dict[str, int] = {"dropped": 0, "errors": 0}
+        self._audit_seen: dict[tuple[str, str], int] = {}
+        """Per (writer chain, kind): what was already counted, so a new writer's failures are not hidden."""
         self.pending = 0
         """Requests counted on the warm path, not yet handed to :attr:`requests`."""
 
@@ -104,10 +105,10 @@ class Metrics:
         counts = writer.counters()
         self.audit_depth.set(counts["queue_depth"])
         for kind in ("dropped", "errors"):
-            new = counts[kind] - self._audit_seen[kind]
+            new = counts[kind] - self._audit_seen.get((writer.chain, kind), 0)
             if new > 0:
                 self.audit_lost.labels(kind).inc(new)
-                self._audit_seen[kind] = counts[kind]
+                self._audit_seen[(writer.chain, kind)] = counts[kind]
 
     def loaded(self, ok: bool, databases: Iterable[DatabaseInfo] = ()) -> None:
         self.reloads.labels("ok" if ok else "refused").inc()

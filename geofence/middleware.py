@@ -198,8 +198,14 @@ class GeofenceMiddleware:
         if decision.allowed:
             if decision.reasons and decision.would_deny:
                 self.recorder.record("would_deny", decision, scope, state, client)
-            elif decision.export_class in state.audited:
-                self.recorder.allowed(decision, scope, state, client)
+            elif decision.export_class in state.audited and not self.recorder.allowed(decision, scope, state, client):
+                if state.audit is not None and state.audit.on_failure == "deny":  # not recorded: not served
+                    detail = "audit record could not be queued (on_failure = deny)"
+                    decision = error_decision(state.policy, decision.export_class, detail, code=AUDIT_UNAVAILABLE)
+                    scope_state[STATE_KEY] = decision
+                    self.recorder.record("deny", decision, scope, state, client)
+                    await send_denial(scope, receive, send, self._denial(state, decision, scope))
+                    return
             if private:
                 send = private_responses(send)
             identity = decision.identity

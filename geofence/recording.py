@@ -75,11 +75,12 @@ class DecisionRecorder:
         self.stats: Counter[tuple[str, str, str]] = Counter()
         """By (outcome, export class, reason code)."""
 
-    def allowed(self, decision: Decision, scope: MutableMapping[str, Any], sinks: Sinks, client: str | None) -> None:
+    def allowed(self, decision: Decision, scope: MutableMapping[str, Any], sinks: Sinks, client: str | None) -> bool:
         """An allowed decision: only the audit trail may want it (``include``), and cheaply — this is the
-        request path of every served request on a controlled class."""
-        if sinks.audit is not None:  # the caller checked [audit] include (State.audited); the writer thread
-            sinks.audit.submit("allow", decision, scope["headers"], client)  # reads the request id
+        request path of every served request on a controlled class. False when the record could not be queued."""
+        if sinks.audit is None:  # the caller checked [audit] include (State.audited)
+            return True
+        return sinks.audit.submit("allow", decision, scope["headers"], client)  # the writer reads the request id
 
     def record(
         self, outcome: str, decision: Decision, scope: MutableMapping[str, Any], sinks: Sinks, client: str | None

@@ -148,8 +148,10 @@ def audit_writer(config: AuditConfig | None, previous: State | None) -> AuditWri
     """The writer for *config*: the previous state's when its settings are the same, else a new one."""
     if config is None:
         return None
-    if previous is not None and previous.audit is not None and previous.policy.audit == config:
-        return previous.audit
+    if previous is not None and previous.audit is not None:
+        if previous.policy.audit == config:
+            return previous.audit
+        previous.audit.close()  # one writer per file: the old one finishes (and logs its head) first
     return AuditWriter(
         config.path, logger=config.logger, include=config.include,  # type: ignore[arg-type]
         full_ip=config.full_ip, key_env=config.key_env, max_bytes=config.max_bytes, daily=config.daily,

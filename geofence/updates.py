@@ -16,6 +16,7 @@ import re
 import shutil
 import tarfile
 import tempfile
+import time
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -28,6 +29,8 @@ from .errors import DatabaseError, GeofenceError
 from .geoipconf import EDITION_ID, LOCK_FILE_NAME, UpdateConfig, check_url
 
 __all__ = ["EditionResult", "LockBusyError", "UpdateError", "update_databases", "update_from_url"]
+
+_FUTURE_SLACK: Final = 86_400  # clocks and build stamps disagree by hours, not by years
 
 Progress = Callable[[str, int, int | None], None]
 """``progress(edition, bytes_so_far, total_or_None)``, called while downloading."""
@@ -97,7 +100,8 @@ def _get(url: str, timeout: float, auth: str | None = None) -> Any:
     import urllib.request
     from urllib.parse import urlsplit
 
-    origin = "{0.scheme}://{0.netloc}".format(urlsplit(url))
+    parts = urlsplit(url)
+    origin = f"{parts.scheme}://{parts.hostname}" + (f":{parts.port}" if parts.port else "")  # never user:password
     request = urllib.request.Request(url, headers={"User-Agent": f"geofence/{__version__}"})
     if auth:  # unredirected: the download redirects to storage, which must not see the licence key
         request.add_unredirected_header("Authorization", auth)
@@ -225,6 +229,8 @@ def validate_candidate(candidate: Path, current: Path, force: bool) -> GeoDataba
 
 
 def _compare(new: GeoDatabase, current: Path, force: bool) -> None:
+    if new.info.build_epoch > time.time() + _FUTURE_SLACK:  # else it would pin every later update, and freshness
+        raise UpdateError(f"downloaded database claims a build date in the future ({new.info.build_date})")
     try:
         old = open_database(current, load="mmap")
     except DatabaseError:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import random
 import threading
 from datetime import UTC, datetime
@@ -156,7 +157,7 @@ def test_daily_rotation_at_utc_midnight(tmp_path: Path, monkeypatch: pytest.Monk
     path = tmp_path / "audit.log"
     write(path, [decision()] * 4, daily=True, max_bytes=None)
     rotated = tmp_path / "audit.log.20261130T000001Z"
-    assert sorted(tmp_path.iterdir()) == [path, rotated]
+    assert sorted(p for p in tmp_path.iterdir() if p.suffix != ".lock") == [path, rotated]
     assert [r["time"][:10] for r in lines(rotated)] == ["2026-11-29"] * 2
     assert [r["time"][:10] for r in lines(path)] == ["2026-11-30"] * 2
     assert verify_files([path, rotated], None).intact
@@ -211,7 +212,7 @@ def test_overflow_is_counted_logged_and_fails_closed(caplog: pytest.LogCaptureFi
     sink.setLevel(logging.INFO)
     sink.propagate = False
     try:
-        writer = AuditWriter(None, logger=sink.name, queue_size=1, on_failure="deny")
+        writer = AuditWriter(None, logger=sink.name, queue_size=1)
         d = decision()
         writer.submit("deny", d, "r0", None)
         assert handler.entered.wait(5)  # the writer thread holds r0
@@ -220,11 +221,11 @@ def test_overflow_is_counted_logged_and_fails_closed(caplog: pytest.LogCaptureFi
             writer.submit("deny", d, "r2", None)
             writer.submit("deny", d, "r3", None)
         assert writer.dropped == 2 and writer.queue_depth == 1
-        assert not writer.healthy and writer.failing
+        assert not writer.healthy  # (failing, which fails closed, needs on_failure = "deny" and a file)
         assert "audit record dropped" in caplog.text
         handler.gate.set()
         assert wait_until(lambda: writer.written == 2)
-        assert writer.healthy and not writer.failing  # a successful write clears it
+        assert writer.healthy  # a successful write clears it
         writer.close()
         assert [json.loads(line)["request_id"] for line in handler.lines] == ["r0", "r1"]
     finally:
@@ -374,3 +375,33 @@ def test_garbage_lines_are_named(chain: tuple[Path, AuditWriter]) -> None:
     path, _ = chain
     tamper(path, lambda rows: [*rows[:2], "hello\n", *rows[2:]])
     assert problems_at(path)[0][0] == 3
+
+
+def test_one_writer_per_file_and_pid_paths(tmp_path: Path) -> None:
+    """Several writers on one file would rotate each other's files away: a second one is refused, and
+    {pid} in the path gives each worker process its own file."""
+    path = tmp_path / "audit.log"
+    first = AuditWriter(path)
+    try:
+        with pytest.raises(GeofenceError, match="already written"):
+            AuditWriter(path)
+    finally:
+        first.close()
+    AuditWriter(path).close()  # free again once the first writer closed
+    per_process = AuditWriter(tmp_path / "audit-{pid}.log")
+    per_process.close()
+    assert per_process.path == tmp_path / f"audit-{os.getpid()}.log"
+
+
+def test_a_logger_that_drops_info_is_a_failing_sink_and_deny_needs_a_file(caplog: pytest.LogCaptureFixture) -> None:
+    quiet = logging.getLogger("geofence.test.audit.quiet")
+    quiet.setLevel(logging.WARNING)
+    writer = AuditWriter(None, logger=quiet.name)
+    try:
+        writer.submit("deny", decision(), "r", None)
+        assert wait_until(lambda: writer.errors == 1)
+        assert writer.written == 0 and not writer.healthy
+    finally:
+        writer.close()
+    with pytest.raises(GeofenceError, match="needs a file path"):
+        AuditWriter(None, logger=quiet.name, on_failure="deny")

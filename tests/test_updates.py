@@ -310,6 +310,26 @@ def test_older_database_needs_force(tmp_path: Path, service: Service, dbdir: Pat
     assert (dbdir / f"{COUNTRY}.mmdb.previous").read_bytes() == current
 
 
+def test_a_database_from_the_future_is_refused(
+    tmp_path: Path, service: Service, dbdir: Path, current: bytes, capsys: Any
+) -> None:
+    """Accepted, a build date in 2046 would make every later (real) update "older" and freshness meaningless."""
+    service.publish(COUNTRY, build(tmp_path / "future.mmdb", NOW + 20 * 365 * DAY))
+    failed(capsys, conf(tmp_path, service, dbdir), "build date in the future")
+    assert_untouched(dbdir, current)
+
+
+def test_credentials_never_appear_in_messages(tmp_path: Path, capsys: Any) -> None:
+    from geofence.cli import main
+
+    code = main(["db", "update", "--url", "http://example.com/db.mmdb?license_key=S3CRET", "--output", "x.mmdb"])
+    err = capsys.readouterr().err
+    assert code == 2 and "S3CRET" not in err and "example.com/db.mmdb?..." in err
+    code = main(["db", "update", "--url", "https://user:pw123@127.0.0.1:1/db.mmdb", "--output", str(tmp_path / "x")])
+    err = capsys.readouterr().err
+    assert code != 0 and "pw123" not in err and "user" not in err
+
+
 def test_other_database_type_is_refused(
     tmp_path: Path, service: Service, dbdir: Path, current: bytes, capsys: Any
 ) -> None:
