@@ -95,6 +95,7 @@ class AuditWriter:
         self.dropped = 0
         self.errors = 0
         self._seq = 0
+        self._unflushed = 0  # lines buffered since the last successful flush
         self._prev = GENESIS
         self._sink_failed = False
         self._lost_since_write = False
@@ -239,21 +240,35 @@ class AuditWriter:
                 record = decision_facts(when, outcome, decision, request_id, client_ip)
                 self._write(when, record)
             except Exception as exc:
-                with self._lock:
-                    self.errors += 1
-                    self._sink_failed = True
-                self._warn("geofence: audit write failed (%s): %d errors so far", f"{type(exc).__name__}: {exc}")
+                self._lost(1 + self._unflushed, f"audit write failed ({type(exc).__name__}: {exc})")
                 self._close_file()  # reopen on the next record: the disk may come back
-        if self._file is not None and not stop:
+        if self._logger is not None and self._unflushed:
+            self._committed()  # a logger takes each line as it comes: nothing is buffered here
+        elif self._file is not None:
             try:
                 self._file.flush()
             except OSError as exc:
-                with self._lock:
-                    self.errors += 1
-                    self._sink_failed = True
-                self._warn("geofence: audit flush failed (%s): %d errors so far", str(exc))
+                self._lost(self._unflushed, f"audit flush failed ({exc})")
                 self._close_file()
+            else:
+                self._committed()
         return stop
+
+    def _committed(self) -> None:
+        """What was buffered reached the sink: count it written, and the sink healthy again."""
+        with self._lock:
+            self.written += self._unflushed
+            self._unflushed = 0
+            self._sink_failed = False
+            self._lost_since_write = False
+
+    def _lost(self, records: int, why: str) -> None:
+        """Records that never reached the sink: errors, not writes (the chain shows them as a gap)."""
+        with self._lock:
+            self.errors += records
+            self._unflushed = 0
+            self._sink_failed = True
+        self._warn("geofence: %s: %d records lost so far", why)
 
     def _write(self, when: float, record: dict[str, Any]) -> None:
         record["chain"] = self.chain
@@ -269,12 +284,9 @@ class AuditWriter:
             out = self._open(when, len(line))
             out.write(line)
             self._size += len(line)
-        with self._lock:
-            self._seq += 1
-            self._prev = digest
-            self.written += 1
-            self._sink_failed = False
-            self._lost_since_write = False
+        self._seq += 1  # the chain moves on even if this line is later lost: verify then shows the gap
+        self._prev = digest
+        self._unflushed += 1
 
     def _open(self, when: float, incoming: int) -> IO[str]:
         """The file to append to, rotated first when it would exceed *max_bytes* or the UTC day changed."""
@@ -317,6 +329,9 @@ class AuditWriter:
 
     def _rotate(self, when: float) -> None:
         assert self.path is not None
+        if self._file is not None:
+            self._file.flush()  # a failure here is this batch's loss, counted by the caller, not a silent one
+            self._committed()
         self._close_file()
         stamp = datetime.fromtimestamp(when, UTC).strftime("%Y%m%dT%H%M%SZ")
         target = self.path.with_name(f"{self.path.name}.{stamp}")

@@ -405,3 +405,17 @@ def test_a_logger_that_drops_info_is_a_failing_sink_and_deny_needs_a_file(caplog
         writer.close()
     with pytest.raises(GeofenceError, match="needs a file path"):
         AuditWriter(None, logger=quiet.name, on_failure="deny")
+
+
+def test_lines_that_never_reach_the_disk_are_errors_not_writes(tmp_path: Path) -> None:
+    """A full disk: buffered lines that fail to flush are counted lost, and the writer stays unhealthy."""
+    path = tmp_path / "audit.log"
+    path.symlink_to("/dev/full")  # every write to it fails with ENOSPC, at flush time
+    writer = AuditWriter(path)
+    try:
+        for i in range(300):
+            writer.submit("deny", decision(), f"r{i}", None)
+        assert wait_until(lambda: writer.errors + writer.written == 300 and writer.queue_depth == 0)
+        assert writer.written == 0 and writer.errors == 300 and not writer.healthy
+    finally:
+        writer.close()
