@@ -9,6 +9,7 @@ tells the middleware to fail closed rather than serve controlled content it cann
 from __future__ import annotations
 
 import atexit
+import json
 import logging
 import os
 import threading
@@ -84,6 +85,7 @@ class AuditWriter:
             self.key = secret.encode()
         self.path = Path(str(path).replace("{pid}", str(os.getpid()))) if path is not None else None
         self._lockfile = self._claim(self.path) if self.path is not None else None
+        self._prev_start = _last_hash(self.path) if self.path is not None else GENESIS
         self.include: Include = include
         self.full_ip = full_ip
         self.max_bytes = max_bytes
@@ -96,7 +98,7 @@ class AuditWriter:
         self.errors = 0
         self._seq = 0
         self._unflushed = 0  # lines buffered since the last successful flush
-        self._prev = GENESIS
+        self._prev = self._prev_start  # a new chain links to the file's last record: deleting a chain shows
         self._sink_failed = False
         self._lost_since_write = False
         self._last_warning: dict[str, float] = {}
@@ -359,3 +361,23 @@ class AuditWriter:
         if last is None or now - last >= _LOG_EVERY:
             self._last_warning[message] = now
             log.warning(message, detail, self.dropped if "dropped" in message else self.errors)
+
+
+def _last_hash(path: Path) -> str:
+    """The hash of the last record already in *path* (GENESIS for none), so a new chain starts from it: a whole
+    chain deleted between two others then breaks the link of the next one."""
+    if not path.is_file():  # none yet, or a device (reading /dev/full never ends)
+        return GENESIS
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            size = fh.tell()
+            fh.seek(max(0, size - 65536))
+            tail = fh.read().rstrip(b"\n").rsplit(b"\n", 1)[-1]
+    except OSError:
+        return GENESIS
+    try:
+        found = json.loads(tail).get("hash")
+    except (ValueError, AttributeError):
+        return GENESIS
+    return found if isinstance(found, str) and len(found) == 64 else GENESIS

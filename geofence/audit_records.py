@@ -218,11 +218,12 @@ def verify_files(files: Iterable[str | Path], key: bytes | None, head: str | Non
                     last_chain_in_file[chain] = []
                     segments.setdefault(chain, []).append(last_chain_in_file[chain])
                 last_chain_in_file[chain].append(entry)
+    known = {e.hash for parts in segments.values() for part in parts for e in part}
     for chain, parts in segments.items():
         parts.sort(key=lambda part: part[0].seq)
         previous: _Entry | None = None
         for entry in (e for part in parts for e in part):
-            _check_link(chain, previous, entry, result.problems)
+            _check_link(chain, previous, entry, result.problems, known)
             if previous is None or entry.seq > previous.seq:  # a record out of order is named, then passed over
                 previous = entry
         if previous is not None:
@@ -266,12 +267,16 @@ def _check_line(
     return _Entry(name, number, seq, prev, digest), chain
 
 
-def _check_link(chain: str, previous: _Entry | None, entry: _Entry, problems: list[Problem]) -> None:
+def _check_link(chain: str, previous: _Entry | None, entry: _Entry, problems: list[Problem], known: set[str]) -> None:
     where = f"chain {chain[:8]} seq {entry.seq}"
     if previous is None:
-        if entry.seq != 0 or entry.prev != GENESIS:
+        if entry.seq != 0:
             problems.append(
                 Problem(entry.file, entry.line, f"{where}: chain starts mid-way (records before it deleted)")
+            )
+        elif entry.prev != GENESIS and entry.prev not in known:  # a chain starts from the file's last record
+            problems.append(
+                Problem(entry.file, entry.line, f"{where}: the records this chain continues from were deleted")
             )
         return
     if entry.seq != previous.seq + 1:

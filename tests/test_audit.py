@@ -419,3 +419,21 @@ def test_lines_that_never_reach_the_disk_are_errors_not_writes(tmp_path: Path) -
         assert writer.written == 0 and writer.errors == 300 and not writer.healthy
     finally:
         writer.close()
+
+
+@pytest.mark.parametrize("key", [None, b"k" * 32])
+def test_a_whole_chain_deleted_between_two_others_is_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, key: bytes | None
+) -> None:
+    """Every restart starts a chain; each new chain links to the file's last record, so removing the whole of
+    one writer's records (a restart's worth of evidence) breaks the next chain's link."""
+    if key is not None:
+        monkeypatch.setenv("GEOFENCE_TEST_AUDIT_KEY", key.decode())
+    options = {"key_env": "GEOFENCE_TEST_AUDIT_KEY"} if key is not None else {}
+    path = tmp_path / "audit.log"
+    chains = [write(path, [decision()] * 3, **options).chain for _ in range(3)]
+    assert verify_files([path], key).intact
+    kept = [line for line in path.read_text().splitlines(keepends=True) if json.loads(line)["chain"] != chains[1]]
+    path.write_text("".join(kept))
+    problems = verify_files([path], key).problems
+    assert any("continues from were deleted" in p.message for p in problems), problems
