@@ -9,7 +9,6 @@ tells the middleware to fail closed rather than serve controlled content it cann
 from __future__ import annotations
 
 import atexit
-import json
 import logging
 import os
 import threading
@@ -17,10 +16,10 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Sequence
-from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import IO, Any, Final, Literal, Self
+from typing import Any, Final, Literal, Self
 
+from .audit_file import AuditFile
 from .audit_records import GENESIS, decision_facts, seal
 from .decision import Decision
 from .errors import GeofenceError
@@ -83,13 +82,13 @@ class AuditWriter:
             if not secret:
                 raise GeofenceError(f"audit key: environment variable {key_env} is not set")
             self.key = secret.encode()
-        self.path = Path(str(path).replace("{pid}", str(os.getpid()))) if path is not None else None
-        self._lockfile = self._claim(self.path) if self.path is not None else None
-        self._prev_start = _last_hash(self.path) if self.path is not None else GENESIS
+        self._out = (
+            AuditFile(Path(str(path).replace("{pid}", str(os.getpid()))), max_bytes, daily)
+            if path is not None
+            else None
+        )
         self.include: Include = include
         self.full_ip = full_ip
-        self.max_bytes = max_bytes
-        self.daily = daily
         self.on_failure: OnFailure = on_failure
         self.chain = uuid.uuid4().hex
         """This writer's chain id: every record names it, so interleaved writers' chains stay separable."""
@@ -98,15 +97,13 @@ class AuditWriter:
         self.errors = 0
         self._seq = 0
         self._unflushed = 0  # lines buffered since the last successful flush
-        self._prev = self._prev_start  # a new chain links to the file's last record: deleting a chain shows
+        # a new chain links to the file's last record: deleting a whole chain then shows
+        self._prev = self._out.last_hash if self._out is not None else GENESIS
         self._sink_failed = False
         self._lost_since_write = False
         self._last_warning: dict[str, float] = {}
         self._lock = threading.Lock()
         self._logger = logging.getLogger(logger) if logger is not None else None
-        self._file: IO[str] | None = None
-        self._size = 0
-        self._day: date | None = None
         # A deque, not queue.Queue: append is atomic and costs ~0.03 µs against ~0.5 µs for put_nowait (a lock
         # and a condition), and the request path pays it for every audited request. The writer polls.
         self._queue: deque[_Item | object] = deque()
@@ -198,8 +195,8 @@ class AuditWriter:
         chain, seq, digest = self.head
         # WARNING, so default logging keeps it: the head is what `audit verify --head` needs to see a cut tail
         log.warning("geofence: audit chain %s closed after %d records, head %s", chain, seq, digest)
-        if self._lockfile is not None:
-            self._lockfile.close()
+        if self._out is not None:
+            self._out.release()
 
     def __enter__(self) -> Self:
         return self
@@ -246,14 +243,15 @@ class AuditWriter:
                 self._close_file()  # reopen on the next record: the disk may come back
         if self._logger is not None and self._unflushed:
             self._committed()  # a logger takes each line as it comes: nothing is buffered here
-        elif self._file is not None:
+        elif self._out is not None:
             try:
-                self._file.flush()
+                flushed = self._out.flush()
             except OSError as exc:
                 self._lost(self._unflushed, f"audit flush failed ({exc})")
                 self._close_file()
             else:
-                self._committed()
+                if flushed:
+                    self._committed()
         return stop
 
     def _committed(self) -> None:
@@ -283,75 +281,21 @@ class AuditWriter:
                 raise OSError(f"logger {self._logger.name!r} discards INFO records: set its level to INFO")
             self._logger.info(line.rstrip("\n"))
         else:
-            out = self._open(when, len(line))
-            out.write(line)
-            self._size += len(line)
+            assert self._out is not None
+            if self._out.write(when, line):  # rotated first: the lines before it were flushed then
+                self._committed()
         self._seq += 1  # the chain moves on even if this line is later lost: verify then shows the gap
         self._prev = digest
         self._unflushed += 1
 
-    def _open(self, when: float, incoming: int) -> IO[str]:
-        """The file to append to, rotated first when it would exceed *max_bytes* or the UTC day changed."""
-        assert self.path is not None
-        today = datetime.fromtimestamp(when, UTC).date()
-        if self._file is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._file = open(self.path, "a", encoding="ascii", newline="")
-            self._size = self._file.tell()
-            if self._day is None and self._size:
-                self._day = datetime.fromtimestamp(self.path.stat().st_mtime, UTC).date()
-        too_big = self.max_bytes is not None and self._size and self._size + incoming > self.max_bytes
-        new_day = self.daily and self._day is not None and self._day != today and self._size
-        if too_big or new_day:
-            self._rotate(when)
-        self._day = today
-        assert self._file is not None
-        return self._file
-
-    @staticmethod
-    def _claim(path: Path) -> IO[bytes] | None:
-        """One writer per file: several writers would rename (rotate) each other's files away. Two processes
-        — uvicorn workers — need ``{pid}`` in the path; a second writer here is a configuration error."""
-        import fcntl
-
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            handle = open(path.with_name(path.name + ".lock"), "wb")  # held for the writer's life
-        except OSError:
-            return None  # an unwritable place: every write will fail, be counted and (under deny) fail closed
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            handle.close()
-            raise GeofenceError(
-                f"audit: {path} is already written by another process or writer; with several workers put "
-                '{pid} in [audit] path (path = "audit-{pid}.jsonl")'
-            ) from None
-        return handle
-
-    def _rotate(self, when: float) -> None:
-        assert self.path is not None
-        if self._file is not None:
-            self._file.flush()  # a failure here is this batch's loss, counted by the caller, not a silent one
-            self._committed()
-        self._close_file()
-        stamp = datetime.fromtimestamp(when, UTC).strftime("%Y%m%dT%H%M%SZ")
-        target = self.path.with_name(f"{self.path.name}.{stamp}")
-        n = 1
-        while target.exists():
-            target = self.path.with_name(f"{self.path.name}.{stamp}.{n}")
-            n += 1
-        os.replace(self.path, target)
-        self._file = open(self.path, "a", encoding="ascii", newline="")
-        self._size = 0
-
     def _close_file(self) -> None:
-        if self._file is not None:
-            try:
-                self._file.close()
-            except OSError:
-                pass
-            self._file = None
+        if self._out is not None:
+            self._out.close_file()
+
+    @property
+    def path(self) -> Path | None:
+        """The current audit file (``{pid}`` filled in), or None for a logger sink."""
+        return self._out.path if self._out is not None else None
 
     def _warn(self, message: str, detail: str) -> None:
         """Log a drop or a write error: the first at once, then at most one per kind every few seconds (the
@@ -361,23 +305,3 @@ class AuditWriter:
         if last is None or now - last >= _LOG_EVERY:
             self._last_warning[message] = now
             log.warning(message, detail, self.dropped if "dropped" in message else self.errors)
-
-
-def _last_hash(path: Path) -> str:
-    """The hash of the last record already in *path* (GENESIS for none), so a new chain starts from it: a whole
-    chain deleted between two others then breaks the link of the next one."""
-    if not path.is_file():  # none yet, or a device (reading /dev/full never ends)
-        return GENESIS
-    try:
-        with open(path, "rb") as fh:
-            fh.seek(0, os.SEEK_END)
-            size = fh.tell()
-            fh.seek(max(0, size - 65536))
-            tail = fh.read().rstrip(b"\n").rsplit(b"\n", 1)[-1]
-    except OSError:
-        return GENESIS
-    try:
-        found = json.loads(tail).get("hash")
-    except (ValueError, AttributeError):
-        return GENESIS
-    return found if isinstance(found, str) and len(found) == 64 else GENESIS
