@@ -198,14 +198,16 @@ class GeofenceMiddleware:
         if decision.allowed:
             if decision.reasons and decision.would_deny:
                 self.recorder.record("would_deny", decision, scope, state, client)
-            elif decision.export_class in state.audited and not self.recorder.allowed(decision, scope, state, client):
-                if state.audit is not None and state.audit.on_failure == "deny":  # not recorded: not served
-                    detail = "audit record could not be queued (on_failure = deny)"
-                    decision = error_decision(state.policy, decision.export_class, detail, code=AUDIT_UNAVAILABLE)
-                    scope_state[STATE_KEY] = decision
-                    self.recorder.record("deny", decision, scope, state, client)
-                    await send_denial(scope, receive, send, self._denial(state, decision, scope))
-                    return
+            elif (
+                decision.export_class in state.audited
+                and not self.recorder.allowed(decision, scope, state, client)
+                and audit is not None
+                and audit.on_failure == "deny"
+            ):  # not recorded: not served
+                detail = "audit record could not be queued (on_failure = deny)"
+                decision = error_decision(state.policy, decision.export_class, detail, code=AUDIT_UNAVAILABLE)
+                scope_state[STATE_KEY] = decision
+        if decision.allowed:
             if private:
                 send = private_responses(send)
             identity = decision.identity
@@ -219,11 +221,11 @@ class GeofenceMiddleware:
     def _stale(self, state: State, decision: Decision) -> Decision:
         """A database passed ``[geoip] max_age_days``: warn once per loaded state, then apply ``on_stale``."""
         policy = state.policy
-        detail = stale_message((db.info for db in state.locator.databases), policy.max_age_days, time.time())
-        if not state.stale_logged:
-            state.stale_logged = True
-            log.warning("geofence: %s (on_stale = %s): run geofence db update", detail, policy.on_stale)
-        return stale_decision(policy, decision, detail or "database stale")
+        if state.stale_detail is None:  # worked out (and logged) once per loaded state, not per request
+            infos = (db.info for db in state.locator.databases)
+            state.stale_detail = stale_message(infos, policy.max_age_days, time.time()) or "database stale"
+            log.warning("geofence: %s (on_stale = %s): run geofence db update", state.stale_detail, policy.on_stale)
+        return stale_decision(policy, decision, state.stale_detail)
 
     async def _refuse_unconfigured(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Without a valid policy nothing is served: 503, never the app, never a traceback."""

@@ -74,7 +74,8 @@ class State:
     stale_at: float | None = None
     """When the oldest database passes ``[geoip] max_age_days`` (UNIX time), or None without a limit."""
     websocket_grace: float = 0.0
-    stale_logged: bool = False
+    stale_detail: str | None = None
+    """Which databases passed ``max_age_days``, once that happened (logged then, once)."""
     metrics: Metrics | None = None
     audit: AuditWriter | None = None
     audited: frozenset[str] = frozenset()
