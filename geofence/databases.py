@@ -212,7 +212,7 @@ class GeoDatabase:
         """Adapt one raw record; an empty record means the database has nothing for that network."""
         if not record:
             return _NO_FACTS
-        if not isinstance(record, Mapping):
+        if type(record) is not dict and not isinstance(record, Mapping):  # the exact check first: ABCs are slow
             raise DatabaseError(f"{self.info.path}: unexpected record {type(record).__name__} (corrupt database?)")
         return self._extract(record, self.info.path)
 

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import operator
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Final, Self
 
 from maxminddb.errors import InvalidDatabaseError
@@ -23,6 +24,7 @@ __all__ = ["DEFAULT_CACHE_SIZE", "Locator"]
 
 DEFAULT_CACHE_SIZE: Final = 65_536
 """Networks kept in the cache (about 20 MB at the most with a country database)."""
+_MAX_FACTS: Final = 1 << 20  # distinct answers (country, subdivisions, flags...): a city database has ~10^5
 
 
 class Locator:
@@ -35,7 +37,7 @@ class Locator:
     OR-ed. The merged network is the intersection of the databases' networks.
     """
 
-    __slots__ = ("_cache", "_databases", "_special")
+    __slots__ = ("_cache", "_databases", "_fact_ids", "_facts")
 
     def __init__(
         self,
@@ -61,8 +63,12 @@ class Locator:
                 db.close()
             raise
         self._databases: tuple[GeoDatabase, ...] = tuple(opened)
-        self._cache: NetworkCache[Location] = NetworkCache(cache_size)
-        self._special: dict[str, Location] = {}
+        # network -> (network text, facts id): tuples of atoms, which the garbage collector stops tracking, so
+        # a full cache adds nothing to a full collection. The facts (everything but the network) are interned:
+        # one template per distinct answer, and the id lets a caller cache decisions per answer, not network.
+        self._cache: NetworkCache[tuple[str, int]] = NetworkCache(cache_size)
+        self._facts: list[tuple[object, ...]] = []
+        self._fact_ids: dict[tuple[object, ...], int] = {}
 
     @property
     def databases(self) -> tuple[GeoDatabase, ...]:
@@ -79,28 +85,40 @@ class Locator:
         Raises :class:`~geofence.errors.InvalidAddressError` for text that is not an address and
         :class:`~geofence.errors.DatabaseError` when a database turns out corrupt at this address.
         """
-        key = address_key(ip)
-        location = self._cache.get(key)
-        if location is None:
-            # A dotted quad that parsed is already canonical: reuse it rather than format the key again.
-            location = self._resolve(key, ip if ":" not in ip else None)
-        return location
+        # A dotted quad that parsed is already canonical: reuse it rather than format the key again.
+        return self.locate(address_key(ip), ip if ":" not in ip else None)[0]
 
     def lookup_key(self, key: int) -> Location:
         """Like :meth:`lookup` for a key from :func:`~geofence.addresses.address_key` (no parsing)."""
-        location = self._cache.get(key)
-        return location if location is not None else self._resolve(key)
+        return self.locate(key)[0]
 
-    def _resolve(self, key: int, ipv4_text: str | None = None) -> Location:
+    def locate(self, key: int, ipv4_text: str | None = None) -> tuple[Location, int]:
+        """The Location for address *key* and the id of its facts: equal ids mean equal Locations but for the
+        network, so anything computed from the facts alone (a decision) can be shared across networks.
+        *ipv4_text*: the canonical dotted quad of *key*, when the caller has it (saves formatting it)."""
+        cached = self._cache.get(key)
+        if cached is None:
+            cached = self._resolve(key, ipv4_text)
+        network, facts_id = cached
+        return _new_location((network, *self._facts[facts_id])), facts_id
+
+    def _intern(self, facts: tuple[object, ...]) -> int:
+        """The id of *facts* (a Location's fields but the network), one per distinct answer."""
+        facts_id = self._fact_ids.get(facts)
+        if facts_id is None:
+            if len(self._facts) >= _MAX_FACTS:
+                raise DatabaseError(f"more than {_MAX_FACTS} distinct answers in the configured databases")
+            facts_id = self._fact_ids[facts] = len(self._facts)
+            self._facts.append(facts)
+        return facts_id
+
+    def _resolve(self, key: int, ipv4_text: str | None = None) -> tuple[str, int]:
         if type(key) is not int or not 0 <= key < 1 << 128:
             raise InvalidAddressError(f"{key!r} is not an address key")
         special, low, high = special_range(key)
         if special is not None:
-            location = self._special.get(special.network)
-            if location is None:
-                location = Location(network=special.network, reason=special.reason)
-                self._special[special.network] = location
-            return location
+            # not cached by network: a special run need not be one CIDR block (interning makes this cheap)
+            return special.network, self._intern((None, None, None, None, (), (), None, special.reason, ()))
         if ipv4_text is None:
             address = key_address(key)
             text, v4 = address.text, address.version == 4
@@ -122,14 +140,14 @@ class Locator:
                 prefix = length
             if record or db.anonymizer_capable:  # an anonymizer database answers by silence too
                 answered.append((db, db.facts(record)))
-        location = _merge(format_network(key, prefix), answered)
+        found = (format_network(key, prefix), self._intern(_merge(answered)))
         # Cache the largest block of the network that holds no special-purpose address (nearly always the
         # whole network; a database network straddling e.g. 100.64.0.0/10 is cached in smaller pieces).
         cached = prefix
         while (key & ~((1 << (128 - cached)) - 1)) < low or (key | ((1 << (128 - cached)) - 1)) > high:
             cached += 1
-        self._cache.put(key, cached, location)
-        return location
+        self._cache.put(key, cached, found)
+        return found
 
     def close(self) -> None:
         """Close the database readers. Lookups after this raise :class:`DatabaseError`."""
@@ -145,17 +163,20 @@ class Locator:
 
 
 _NOT_ANONYMOUS: Final = Anonymizer()
+_NOT_FOUND: Final = (None, None, None, None, (), (), None, "not_found", ())
+_new_location: Final[Callable[[tuple[object, ...]], Location]] = partial(tuple.__new__, Location)
+"""Build a Location from a complete tuple: a NamedTuple's Python-level ``__new__`` costs ~4,000 instructions."""
 
 
-def _merge(network: str, answered: list[tuple[GeoDatabase, Facts]]) -> Location:
-    """One Location from what each database said, in priority order (see :class:`Locator`)."""
+def _merge(answered: list[tuple[GeoDatabase, Facts]]) -> tuple[object, ...]:
+    """The fields of one Location but the network, from what each database said, in priority order (see
+    :class:`Locator`)."""
     if len(answered) == 1:  # the common case, without the bookkeeping
         db, facts = answered[0]
         anonymizer = facts.anonymizer
         if anonymizer is None and db.anonymizer_capable:
             anonymizer = _NOT_ANONYMOUS
-        return Location(
-            network,
+        return (
             facts.country,
             facts.registered_country,
             facts.represented_country,
@@ -166,6 +187,8 @@ def _merge(network: str, answered: list[tuple[GeoDatabase, Facts]]) -> Location:
             None if facts.country is not None else "not_found",
             db.infos,
         )
+    if not answered:
+        return _NOT_FOUND
     countries: list[str] = []
     subdivisions: list[str] = []
     registered = represented = represented_type = None
@@ -181,8 +204,7 @@ def _merge(network: str, answered: list[tuple[GeoDatabase, Facts]]) -> Location:
             flags = facts.anonymizer or _NOT_ANONYMOUS
             anonymizer = flags if anonymizer is None else Anonymizer(*map(operator.or_, anonymizer, flags))
     country = countries[0] if countries else None
-    return Location(  # positional: keywords cost a third more on this path
-        network,
+    return (
         country,
         registered,
         represented,

@@ -23,6 +23,7 @@ import os
 import re
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping
+from functools import partial
 from typing import Any, Final
 
 from .asgi import buffer_body, expiring_websocket, header, private_responses, refuse_lifespan, send_denial, send_json
@@ -32,13 +33,14 @@ from .errors import GeofenceError
 from .freshness import stale_decision, stale_message
 from .health import health_report
 from .identity import Identity, IdentityError
+from .location import Location
 from .policy import Policy
 from .recording import DecisionRecorder, printable
 from .reloader import Reloader
 from .request import Refused, RequestFacts, read_request, request_key
 from .responses import DenialResponse, ResponseConfig, denial_response
 from .routes import Route
-from .state import Front, State, Where
+from .state import Front, State, Where, new_front, new_where
 from .tokens import token_from_scope
 
 __all__ = ["GeofenceMiddleware", "IdentityResolver"]
@@ -139,40 +141,78 @@ class GeofenceMiddleware:
         if state is None:
             await self._refuse_unconfigured(scope, receive, send)
             return
-        if scope["path"] == state.policy.health_path and kind == "http":  # answered here, never decided
+        if scope["path"] == state.health_path and kind == "http":  # answered here, never decided
             status, body = health_report(state, self._live, time.time())
             await send_json(scope, send, status, body)
             return
-        private = False
-        where = None
         try:
             # One pass over the headers for the few this request needs, then one front-cache lookup that
-            # answers route and client location together when this client has asked for this path before.
+            # answers route, client location and decision together when this client asked for this path before.
             metrics = state.metrics
             if metrics is not None:
                 metrics.pending += 1  # a plain integer here; prometheus gets it off the warm path
             key, host, forwarding = request_key(scope, state.watched, state.needs_host, state.trusted_peer)
             front = state.front.get(key) if key is not None else None
             if front is None:
-                started = time.perf_counter()
-                facts = read_request(scope, key, host, forwarding)
-                front = self._front(state, scope, facts)
-                if key is not None:
-                    state.front.put(key, front, facts.size)
-                if metrics is not None:
-                    metrics.miss(time.perf_counter() - started)
-                    if state.audit is not None:
-                        metrics.audit(state.audit)
-            decision = front.decision  # set when nothing but the request key can change the answer
-            private, where = front.private, front.where
-            if decision is None:
-                decision, receive = await self._decide_request(state, scope, receive, front)
-                private = scope.get("method") in _CACHEABLE and decision.export_class in state.private_classes
+                front = self._miss(state, scope, key, host, forwarding)
         except Refused as exc:
-            decision = error_decision(state.policy, _INTERNAL_ERROR_CLASS, str(exc))
+            refused = error_decision(state.policy, _INTERNAL_ERROR_CLASS, str(exc))
+            await self._finish(state, scope, receive, send, refused)
+            return
         except Exception as exc:  # fail closed, and never show the client a traceback
-            log.exception("geofence: could not decide %s", printable(scope.get("path")))
-            decision = error_decision(state.policy, _INTERNAL_ERROR_CLASS, f"internal error: {type(exc).__name__}")
+            await self._finish(state, scope, receive, send, self._internal_error(state, scope, exc))
+            return
+        if front.plain and (state.stale_at is None or time.time() < state.stale_at):
+            # The warm path: an allowed decision with nothing to record.
+            scope_state = scope.get("state")
+            if scope_state is None:
+                scope_state = scope["state"] = {}
+            scope_state[STATE_KEY] = front.decision
+            scope_state[POLICY_KEY] = state.policy
+            scope_state[MIDDLEWARE_KEY] = self
+            scope_state[CLIENT_KEY] = front.where
+            await self.app(scope, receive, private_responses(send) if front.private else send)
+            return
+        decision, private = front.decision, front.private
+        if decision is None:
+            try:
+                decision, receive = await self._decide_request(state, scope, receive, front)
+            except Exception as exc:
+                decision = self._internal_error(state, scope, exc)
+            private = scope.get("method") in _CACHEABLE and decision.export_class in state.private_classes
+        await self._finish(state, scope, receive, send, decision, front.where, private)
+
+    def _miss(
+        self, state: State, scope: Scope, key: tuple[Any, ...] | None, host: str, forwarding: Mapping[bytes, bytes]
+    ) -> Front:
+        """A request key not in the front cache: work it out (and keep it, unless the key is uncacheable)."""
+        metrics = state.metrics
+        started = time.perf_counter() if metrics is not None else 0.0
+        facts = read_request(scope, key, host, forwarding)
+        front = self._front(state, scope, facts)
+        if key is not None:
+            state.front.put(key, front, facts.size)
+        if metrics is not None:
+            metrics.miss(time.perf_counter() - started)
+            if state.audit is not None:
+                metrics.audit(state.audit)
+        return front
+
+    def _internal_error(self, state: State, scope: Scope, exc: Exception) -> Decision:
+        log.exception("geofence: could not decide %s", printable(scope.get("path")), exc_info=exc)
+        return error_decision(state.policy, _INTERNAL_ERROR_CLASS, f"internal error: {type(exc).__name__}")
+
+    async def _finish(
+        self,
+        state: State,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        decision: Decision,
+        where: Where | None = None,
+        private: bool = False,
+    ) -> None:
+        """Everything but the warm path: a stale database, the audit trail, report mode, denials."""
         if state.stale_at is not None and time.time() >= state.stale_at:
             decision = self._stale(state, decision)
         audit = state.audit
@@ -211,7 +251,7 @@ class GeofenceMiddleware:
             if private:
                 send = private_responses(send)
             identity = decision.identity
-            if kind == "websocket" and identity is not None and identity.expires is not None:
+            if scope["type"] == "websocket" and identity is not None and identity.expires is not None:
                 receive, send = expiring_websocket(receive, send, identity.expires + state.websocket_grace)
             await self.app(scope, receive, send)
             return
@@ -246,15 +286,16 @@ class GeofenceMiddleware:
                 state.clients.put(where_key, where, facts.size - len(facts.path))
         if not route.also:  # one spelling (most requests): skip the general loop below
             if route.params is not None or route.export_class in state.identity_classes:
-                return Front(route, where, None, False)
+                return new_front((route, where, None, False, False))
             decision = self._decide(state, scope, route.export_class, route.exempt or where.exempt, where)
         else:
             spellings = _spellings(route)
             if any(r.params is not None or r.export_class in state.identity_classes for r in spellings):
-                return Front(route, where, None, False)
+                return new_front((route, where, None, False, False))
             decision = self._strictest(state, scope, where, ((r.export_class, r.exempt) for r in spellings))
         private = facts.method in _CACHEABLE and decision.export_class in state.private_classes
-        return Front(route, where, decision, private)
+        plain = decision.allowed and not decision.reasons and decision.export_class not in state.record_allowed
+        return new_front((route, where, decision, private, plain))
 
     async def _decide_request(
         self, state: State, scope: Scope, receive: Receive, front: Front
@@ -291,7 +332,7 @@ class GeofenceMiddleware:
         return best[1]
 
     def _decide(self, state: State, scope: Scope, export_class: str, exempt: str | None, where: Where) -> Decision:
-        """Identity, then the decision: one cached answer per (class, network, identity) object."""
+        """Identity, then the decision: one cached answer per (class, location facts, identity object)."""
         location = where.location
         identity = identity_problem = None
         if export_class in state.identity_classes:  # only classes with a person rule pay for identity
@@ -304,13 +345,16 @@ class GeofenceMiddleware:
                 client_problem=where.problem if where.broken else None,
                 exempt=exempt,
             )  # fmt: skip
-        cache_key = (export_class, id(location), id(identity), exempt)
+        # Keyed by the location's facts, not its network: a new network with a known answer costs one lookup.
+        cache_key = (export_class, where.facts, id(identity), exempt)
         cached = state.decisions.get(cache_key)
-        if cached is not None and cached[0] is location and cached[1] is identity:
-            return cached[2]
+        if cached is not None and cached[0] is identity:  # the identity is kept in the entry: its id is unique
+            decision = cached[1]
+            if decision.location is location:
+                return decision
+            return _with_location(decision, location)
         decision = decide(state.policy, export_class, location, identity, exempt=exempt)
-        # The objects are kept in the entry, so their ids cannot be reused by others while it exists.
-        state.decisions.put(cache_key, (location, identity, decision))
+        state.decisions.put(cache_key, (identity, decision))
         return decision
 
     def _locate(self, state: State, scope: Scope, facts: RequestFacts) -> Where:
@@ -319,11 +363,12 @@ class GeofenceMiddleware:
         if client.broken:
             problem = client.problem or "broken proxy chain"
             self._warn_once(problem)
-            return Where(None, problem, None, True)
+            return new_where((None, problem, None, True, None, -1))
         if client.key is None:
-            return Where(None, f"client address unknown: {client.problem}", None)
-        location = state.locator.lookup_key(client.key)
-        return Where(location, None, state.policy.exempt_network(client.key), False, client.text)
+            return new_where((None, f"client address unknown: {client.problem}", None, False, None, -1))
+        text = client.text
+        location, facts_id = state.locator.locate(client.key, text if text is not None and ":" not in text else None)
+        return new_where((location, None, state.policy.exempt_network(client.key), False, text, facts_id))
 
     def _warn_once(self, problem: str) -> None:
         """A broken proxy chain is a deployment problem: say what to change, once per kind, not per request
@@ -363,6 +408,15 @@ class GeofenceMiddleware:
         except Exception:
             log.exception("geofence: deny_response hook failed; sending the standard denial")
             return denial_response(decision, dataclasses.replace(state.responses, hook=None), accept)
+
+
+def _with_location(decision: Decision, location: Location) -> Decision:
+    """*decision* for another network with the same facts (the decision rests on the facts alone)."""
+    allowed, status, export_class, mode, reasons, version, _, identity = decision
+    return _new_decision((allowed, status, export_class, mode, reasons, version, location, identity))
+
+
+_new_decision: Final[Callable[[tuple[Any, ...]], Decision]] = partial(tuple.__new__, Decision)
 
 
 def _spellings(route: Route) -> tuple[Route, ...]:

@@ -28,13 +28,6 @@ _V6_BUCKET: Final = 32
 _REORDER_EVERY: Final = 256
 
 
-def _bucket(key: int) -> tuple[int, int]:
-    """(bucket id, bucket prefix length) of *key*."""
-    if key >> 32 == _V4_TOP:
-        return key >> (128 - _V4_BUCKET), _V4_BUCKET
-    return key >> (128 - _V6_BUCKET), _V6_BUCKET
-
-
 Probe = tuple[tuple[int, dict[int, V]], ...]
 
 
@@ -87,35 +80,46 @@ class NetworkCache(Generic[V]):
 
     def put(self, key: int, prefix: int, value: V) -> None:
         """Store *value* for the network of *prefix* bits holding *key*."""
-        bits = key >> (128 - prefix)
+        shift = 128 - prefix
+        bits = key >> shift
         with self._lock:
             table = self._tables.get(prefix)
             if table is None:
                 table = self._tables[prefix] = {}
             elif bits in table:
                 return  # a concurrent miss stored it already
-            if len(self._order) >= self.maxsize:
-                old_prefix, old_bits = self._order.popleft()
+            order = self._order
+            if len(order) >= self.maxsize:
+                old_prefix, old_bits = order.popleft()
                 del self._tables[old_prefix][old_bits]
             table[bits] = value
-            self._order.append((prefix, bits))
-            bucket, bucket_prefix = _bucket(key)
-            shift = 128 - prefix
+            order.append((prefix, bits))
+            if key >> 32 == _V4_TOP:
+                bucket, bucket_prefix = key >> (128 - _V4_BUCKET), _V4_BUCKET
+            else:
+                bucket, bucket_prefix = key >> (128 - _V6_BUCKET), _V6_BUCKET
             if prefix >= bucket_prefix:
                 probe = self._buckets.get(bucket, ())
+                if probe and probe[0][0] == shift and len(probe) == 1:
+                    return  # the usual case: the bucket already probes this length
                 if not _has(probe, shift):
                     if len(self._buckets) > self.maxsize * 4:
                         self._buckets.clear()  # lists only speed lookups up; a dropped one costs a miss
                     self._buckets[bucket] = (*probe, (shift, table))
-            elif bucket_prefix == _V4_BUCKET:
-                if not _has(self._short4, shift):
-                    self._short4 = (*self._short4, (shift, table))
-            elif not _has(self._short6, shift):
-                self._short6 = (*self._short6, (shift, table))
-            self._puts += 1
-            if self._puts % _REORDER_EVERY == 0:  # probe short networks most populated first
-                self._short4 = tuple(sorted(self._short4, key=lambda e: -len(e[1])))
-                self._short6 = tuple(sorted(self._short6, key=lambda e: -len(e[1])))
+            else:
+                self._put_short(bucket_prefix, shift, table)
+
+    def _put_short(self, bucket_prefix: int, shift: int, table: dict[int, V]) -> None:
+        """Register a table of networks shorter than a bucket (rare: an IPv4 /12, an IPv6 /24)."""
+        if bucket_prefix == _V4_BUCKET:
+            if not _has(self._short4, shift):
+                self._short4 = (*self._short4, (shift, table))
+        elif not _has(self._short6, shift):
+            self._short6 = (*self._short6, (shift, table))
+        self._puts += 1
+        if self._puts % _REORDER_EVERY == 0:  # probe short networks most populated first
+            self._short4 = tuple(sorted(self._short4, key=lambda e: -len(e[1])))
+            self._short6 = tuple(sorted(self._short6, key=lambda e: -len(e[1])))
 
     def clear(self) -> None:
         with self._lock:

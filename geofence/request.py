@@ -16,6 +16,7 @@ import itertools
 import re
 import uuid
 from collections.abc import Callable, Iterable, Mapping, MutableMapping
+from functools import partial
 from typing import Any, Final, NamedTuple
 
 __all__ = ["MAX_KEY_BYTES", "Refused", "RequestFacts", "header_request_id", "read_request", "request_key"]
@@ -55,6 +56,7 @@ class RequestFacts(NamedTuple):
 
 
 _NO_HEADERS: Final[Mapping[bytes, bytes]] = {}
+_new_facts: Final[Callable[[tuple[Any, ...]], RequestFacts]] = partial(tuple.__new__, RequestFacts)  # no Python __new__
 
 
 def request_key(
@@ -112,7 +114,7 @@ def read_request(
     root_path = scope.get("root_path", "")
     method = scope.get("method") or "WEBSOCKET"
     size = len(method) + len(path) + len(host) + len(root_path) + sum(len(v) for v in forwarding.values())
-    return RequestFacts(method, path, root_path, host, client[0] if client else None, forwarding, key, size)
+    return _new_facts((method, path, root_path, host, client[0] if client else None, forwarding, key, size))
 
 
 def header_request_id(headers: Iterable[tuple[bytes, bytes]]) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Mapping, MutableMapping
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -28,7 +29,7 @@ from .responses import DenialResponse, ResponseConfig
 from .routes import Route
 from .tokens import TokenVerifier
 
-__all__ = ["Front", "State", "Where", "build_state", "signature"]
+__all__ = ["Front", "State", "Where", "build_state", "new_front", "new_where", "signature"]
 
 
 class Where(NamedTuple):
@@ -41,6 +42,8 @@ class Where(NamedTuple):
     """The problem is a broken proxy chain (denied as client_address_invalid), not an unknown location."""
     client: str | None = None
     """The resolved client address as text (recorded in the audit trail only with ``full_ip = true``)."""
+    facts: int = -1
+    """The locator's id for the location's facts (equal ids: equal answers but for the network)."""
 
 
 class Front(NamedTuple):
@@ -52,6 +55,14 @@ class Front(NamedTuple):
     """The decision, when identity and parameters play no part (most requests): the warm path ends here."""
     private: bool
     """Whether an allowed response must be marked private for shared caches."""
+    plain: bool
+    """The decision is an allow with nothing to record or check per request (no reasons, not audited, no
+    audit-failure rule): the middleware's shortest path."""
+
+
+new_where: Callable[[tuple[Any, ...]], Where] = partial(tuple.__new__, Where)
+"""Build from a complete tuple on the request path: a NamedTuple's Python-level ``__new__`` costs several times more."""
+new_front: Callable[[tuple[Any, ...]], Front] = partial(tuple.__new__, Front)
 
 
 @dataclass
@@ -80,9 +91,12 @@ class State:
     audit: AuditWriter | None = None
     audited: frozenset[str] = frozenset()
     """Classes whose *allowed* decisions go to the audit trail (``[audit] include``); denials always do."""
+    record_allowed: frozenset[str] = frozenset()
+    """Classes whose allowed requests need a per-request look: audited, or denied when the audit trail fails."""
+    health_path: str | None = None
     signature: tuple[Any, ...] = ()
     # Bounded by entries and bytes, evicting a little at a time (see cache.py): keys come from clients.
-    decisions: BoundedCache[tuple[str, int, int, str | None], tuple[Any, Any, Decision]] = field(
+    decisions: BoundedCache[tuple[str, int, int, str | None], tuple[Any, Decision]] = field(
         default_factory=lambda: BoundedCache(65_536, 32 << 20)
     )
     clients: BoundedCache[tuple[Any, ...], Where] = field(default_factory=lambda: BoundedCache(16_384, 8 << 20))
@@ -141,6 +155,8 @@ def build_state(
         metrics=metrics() if policy.metrics else None,
         audit=audit_writer(policy.audit, previous),
         audited=_audited(policy, restricting),
+        record_allowed=_record_allowed(policy, restricting),
+        health_path=policy.health_path,
         signature=signature(path, policy),
     )
 
@@ -163,6 +179,11 @@ def audit_writer(config: AuditConfig | None, previous: State | None) -> AuditWri
 def _audited(policy: Policy, restricting: frozenset[str]) -> frozenset[str]:
     include = policy.audit.include if policy.audit is not None else "denials"
     return frozenset(policy.classes) if include == "all" else restricting if include == "controlled" else frozenset()
+
+
+def _record_allowed(policy: Policy, restricting: frozenset[str]) -> frozenset[str]:
+    on_failure_deny = policy.audit is not None and policy.audit.on_failure == "deny"
+    return _audited(policy, restricting) | (restricting if on_failure_deny else frozenset())
 
 
 def signature(path: Path | None, policy: Policy | None) -> tuple[Any, ...]:

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import gc
+import threading
+
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from geofence.cache import BoundedCache
 
@@ -57,3 +62,54 @@ def test_replacing_a_key_keeps_the_accounting_right() -> None:
 def test_rejects_an_empty_budget() -> None:
     with pytest.raises(ValueError):
         BoundedCache(0)
+
+
+def _consistent(cache: BoundedCache[object, object]) -> None:
+    data = cache._data
+    assert len(data) <= cache.max_entries and cache.size_bytes <= cache.max_bytes
+    assert cache.size_bytes == sum(size for _, _, size in data.values())
+    for key, (_, slot, _) in data.items():
+        assert cache._keys[slot] == key
+    assert len(cache._free) + len(data) == len(cache._keys)
+
+
+@given(st.lists(st.tuples(st.sampled_from(["get", "put"]), st.integers(0, 40), st.integers(0, 900)), max_size=300))
+def test_accounting_stays_exact_under_any_sequence(ops: list[tuple[str, int, int]]) -> None:
+    cache: BoundedCache[object, object] = BoundedCache(16, max_bytes=4000, max_item_bytes=1000)
+    model: dict[object, object] = {}
+    for op, key, size in ops:
+        if op == "put":
+            if cache.put(key, (key, size), size):
+                model[key] = (key, size)
+        else:
+            found = cache.get(key)
+            assert found is None or found == model[key]  # never a wrong value, only a miss
+        _consistent(cache)
+
+
+def test_entries_of_atoms_are_invisible_to_the_garbage_collector() -> None:
+    """Full collections traverse tracked objects: a big cache of plain values must add none per entry."""
+    cache: BoundedCache[tuple[str, str], tuple[str, int]] = BoundedCache(10_000, max_bytes=1 << 30)
+    for i in range(10_000):
+        cache.put(("GET", f"/p/{i}"), (f"v{i}", i))
+    gc.collect()
+    gc.collect()  # a tuple is untracked once the tuples inside it are: one more pass
+    tracked = sum(1 for entry in cache._data.values() if gc.is_tracked(entry))
+    assert tracked == 0
+    assert not any(gc.is_tracked(key) for key in list(cache._data)[:100])
+
+
+def test_threads_sharing_a_cache_keep_it_consistent() -> None:
+    cache: BoundedCache[object, object] = BoundedCache(64, max_bytes=1 << 20)
+
+    def work(offset: int) -> None:
+        for i in range(5_000):
+            cache.put((offset, i % 200), i)
+            cache.get((offset, (i * 7) % 200))
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    _consistent(cache)  # type: ignore[arg-type]

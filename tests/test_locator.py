@@ -47,7 +47,7 @@ def test_ipv4_mapped_ipv6_resolves_as_ipv4(country_db: Path) -> None:
     # mmdb-writer stores IPv4 only under ::/96, so without normalisation ::ffff:8.8.8.8 would be "not found".
     with Locator([country_db]) as locator:
         assert locator.lookup("::ffff:8.8.8.8").country == "US"
-        assert locator.lookup("::ffff:8.8.8.8") is locator.lookup("8.8.8.8")
+        assert locator.lookup("::ffff:8.8.8.8") == locator.lookup("8.8.8.8")
 
 
 def test_zone_id_is_stripped(country_db: Path) -> None:
@@ -104,7 +104,7 @@ def test_not_found(country_db: Path) -> None:
         location = locator.lookup("1.1.1.1")
         # The database's empty network is 0.0.0.0/6; it holds 0.0.0.0/8 (special), so the cache keeps the
         # largest block around the address that avoids it: 1.0.0.0/8.
-        assert locator.lookup("1.200.0.0") is location
+        assert locator.lookup("1.200.0.0") == location
         assert locator.lookup("0.1.1.1").reason == "unspecified"
         assert locator.lookup("3.255.255.255") == location
     assert location.country is None
@@ -118,10 +118,10 @@ def test_one_cache_entry_covers_the_whole_network(country_db: Path) -> None:
         first = locator.lookup("8.8.8.1")
         assert locator.cached_networks == 1
         for last_octet in (0, 2, 77, 200, 255):
-            assert locator.lookup(f"8.8.8.{last_octet}") is first
-        assert locator.lookup("::ffff:8.8.8.9") is first
+            assert locator.lookup(f"8.8.8.{last_octet}") == first
+        assert locator.lookup("::ffff:8.8.8.9") == first
         assert locator.cached_networks == 1
-        assert locator.lookup("8.8.9.1") is not first  # the next network is a new entry
+        assert locator.lookup("8.8.9.1") != first  # the next network is a new entry
         assert locator.cached_networks == 2
 
 

@@ -267,7 +267,34 @@ async def test_decisions_are_cached_per_network_and_identity(app: Any) -> None:
     for last in (1, 2, 3):
         await send(middleware, "GET", "/x", peer=f"8.8.8.{last}")
     decisions = [call["decision"] for call in recorder.calls]
-    assert decisions[0] is decisions[1] is decisions[2]
+    assert decisions[0] == decisions[1] == decisions[2]
+    assert decisions[0].location.network == "8.8.8.0/25"  # the anonymizer database splits the /24
+
+
+async def test_decisions_are_computed_once_per_answer_not_per_network(
+    write_db: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two networks with the same facts share one decision; each request still carries its own network."""
+    same = {"country": {"iso_code": "US"}, "registered_country": {"iso_code": "US"}}
+    db = write_db("same.mmdb", "GeoIP2-Country", {"8.8.8.0/24": same, "9.9.9.0/24": same, "5.8.0.0/16": {}})
+    import geofence.middleware as module
+
+    calls: list[str] = []
+    real = module.decide
+
+    def counting(*args: Any, **kwargs: Any) -> Decision:
+        calls.append(args[2].network if args[2] is not None else "")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, "decide", counting)
+    recorder = Recorder()
+    middleware = GeofenceMiddleware(recorder, config={"geoip": {"databases": [str(db)]}, "classes": {"EAR99": {}}})
+    for peer in ("8.8.8.1", "9.9.9.1", "9.9.9.2", "8.8.8.7"):
+        assert (await send(middleware, "GET", "/x", peer=peer)).status_code == 200
+    assert calls == ["8.8.8.0/24"]
+    networks = [call["decision"].location.network for call in recorder.calls]
+    assert networks == ["8.8.8.0/24", "9.9.9.0/24", "9.9.9.0/24", "8.8.8.0/24"]
+    assert all(call["decision"].location.country == "US" for call in recorder.calls)
 
 
 async def test_broken_database_at_lookup_is_503_without_details(tmp_path: Path, country_db: Path) -> None:
