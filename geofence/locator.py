@@ -86,21 +86,23 @@ class Locator:
         :class:`~geofence.errors.DatabaseError` when a database turns out corrupt at this address.
         """
         # A dotted quad that parsed is already canonical: reuse it rather than format the key again.
-        return self.locate(address_key(ip), ip if ":" not in ip else None)[0]
+        return self.location(*self.locate(address_key(ip), ip if ":" not in ip else None))
 
     def lookup_key(self, key: int) -> Location:
         """Like :meth:`lookup` for a key from :func:`~geofence.addresses.address_key` (no parsing)."""
-        return self.locate(key)[0]
+        return self.location(*self.locate(key))
 
-    def locate(self, key: int, ipv4_text: str | None = None) -> tuple[Location, int]:
-        """The Location for address *key* and the id of its facts: equal ids mean equal Locations but for the
-        network, so anything computed from the facts alone (a decision) can be shared across networks.
+    def locate(self, key: int, ipv4_text: str | None = None) -> tuple[str, int]:
+        """(network, facts id) for address *key*: plain values a cache can hold without the garbage collector
+        tracking them. Equal ids mean equal Locations but for the network, so anything computed from the facts
+        alone (a decision) can be shared across networks. :meth:`location` builds the Location.
         *ipv4_text*: the canonical dotted quad of *key*, when the caller has it (saves formatting it)."""
         cached = self._cache.get(key)
-        if cached is None:
-            cached = self._resolve(key, ipv4_text)
-        network, facts_id = cached
-        return _new_location((network, *self._facts[facts_id])), facts_id
+        return cached if cached is not None else self._resolve(key, ipv4_text)
+
+    def location(self, network: str, facts_id: int) -> Location:
+        """The Location of a :meth:`locate` answer."""
+        return _new_location((network, *self._facts[facts_id]))
 
     def _intern(self, facts: tuple[object, ...]) -> int:
         """The id of *facts* (a Location's fields but the network), one per distinct answer."""

@@ -40,7 +40,7 @@ from .reloader import Reloader
 from .request import Refused, RequestFacts, read_request, request_key
 from .responses import DenialResponse, ResponseConfig, denial_response
 from .routes import Route
-from .state import Front, State, Where, new_front, new_where
+from .state import Client, Front, State, Where, new_front, new_where
 from .tokens import token_from_scope
 
 __all__ = ["GeofenceMiddleware", "IdentityResolver"]
@@ -279,11 +279,14 @@ class GeofenceMiddleware:
         route = state.policy.routes.classify(facts.method, facts.host, facts.path, facts.root_path)
         key = facts.key
         where_key = key[4:] if key is not None else None  # (peer,) or (peer, trusted forwarding headers)
-        where = state.clients.get(where_key) if where_key is not None else None
-        if where is None:
-            where = self._locate(state, scope, facts)
+        client = state.clients.get(where_key) if where_key is not None else None
+        if client is None:
+            client = self._locate(state, scope, facts)
             if where_key is not None:
-                state.clients.put(where_key, where, facts.size - len(facts.path))
+                state.clients.put(where_key, client, facts.size - len(facts.path))
+        network, facts_id, problem, exempt, broken, text = client
+        location = state.locator.location(network, facts_id) if network is not None else None
+        where = new_where((location, problem, exempt, broken, text, facts_id))
         if not route.also:  # one spelling (most requests): skip the general loop below
             if route.params is not None or route.export_class in state.identity_classes:
                 return new_front((route, where, None, False, False))
@@ -357,18 +360,19 @@ class GeofenceMiddleware:
         state.decisions.put(cache_key, (identity, decision))
         return decision
 
-    def _locate(self, state: State, scope: Scope, facts: RequestFacts) -> Where:
-        """Client address -> location. A database error propagates (and is not cached)."""
+    def _locate(self, state: State, scope: Scope, facts: RequestFacts) -> Client:
+        """Client address -> location, as plain values (the client cache holds many: the garbage collector must
+        not have to walk them). A database error propagates (and is not cached)."""
         client = resolve_client(scope, state.proxies, facts.forwarding)
         if client.broken:
             problem = client.problem or "broken proxy chain"
             self._warn_once(problem)
-            return new_where((None, problem, None, True, None, -1))
+            return (None, -1, problem, None, True, None)
         if client.key is None:
-            return new_where((None, f"client address unknown: {client.problem}", None, False, None, -1))
+            return (None, -1, f"client address unknown: {client.problem}", None, False, None)
         text = client.text
-        location, facts_id = state.locator.locate(client.key, text if text is not None and ":" not in text else None)
-        return new_where((location, None, state.policy.exempt_network(client.key), False, text, facts_id))
+        network, facts_id = state.locator.locate(client.key, text if text is not None and ":" not in text else None)
+        return (network, facts_id, None, state.policy.exempt_network(client.key), False, text)
 
     def _warn_once(self, problem: str) -> None:
         """A broken proxy chain is a deployment problem: say what to change, once per kind, not per request

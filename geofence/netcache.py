@@ -28,37 +28,34 @@ _V6_BUCKET: Final = 32
 _REORDER_EVERY: Final = 256
 
 
-Probe = tuple[tuple[int, dict[int, V]], ...]
-
-
-def _has(probe: Probe[V], shift: int) -> bool:
-    for s, _ in probe:
-        if s == shift:
-            return True
-    return False
-
-
 class NetworkCache(Generic[V]):
     """Map networks (128-bit key space, prefix length 0..128) to values; evict the oldest when full.
 
     Reads take no lock: each probe is one dict lookup of a complete entry, and probe lists are replaced as
-    whole tuples. Writers hold a lock. A bucket's list is not pruned on eviction (a stale length costs one
-    lookup), and the bucket map is reset when it outgrows four times *maxsize*.
+    whole tuples. Writers hold a lock. Everything held is atoms (ints, and tuples of ints) but the values
+    and one dict per prefix length, so the garbage collector does not track an object per entry. A bucket's
+    probe list lists every length it ever held while any network in it is cached (a stale length costs one
+    lookup); a count per bucket drops the list when its last network is evicted.
     """
 
-    __slots__ = ("_buckets", "_lock", "_order", "_puts", "_short4", "_short6", "_tables", "maxsize")
+    __slots__ = ("_buckets", "_by_shift", "_counts", "_lock", "_order", "_puts", "_short4", "_short6", "maxsize")
 
     def __init__(self, maxsize: int) -> None:
         if maxsize < 1:
             raise ValueError("maxsize must be at least 1")
         self.maxsize = maxsize
-        self._tables: dict[int, dict[int, V]] = {}
-        self._buckets: dict[int, Probe[V]] = {}  # bucket -> (shift, table) of the lengths present in it
-        self._short4: Probe[V] = ()  # tables of IPv4 networks shorter than a bucket, most populated first
-        self._short6: Probe[V] = ()
-        self._order: deque[tuple[int, int]] = deque()  # (prefix, network bits), oldest first
-        self._puts = 0
         self._lock = threading.Lock()
+        self._reset()
+
+    def _reset(self) -> None:
+        # A new table per length: a reader still holding an old probe list finds nothing stale in them.
+        self._by_shift: list[dict[int, V]] = [{} for _ in range(129)]  # 128 - prefix -> network bits -> value
+        self._buckets: dict[int, tuple[int, ...]] = {}  # bucket -> shifts of the lengths present in it
+        self._counts: dict[int, int] = {}  # bucket -> networks cached in it
+        self._short4: tuple[int, ...] = ()  # shifts of IPv4 networks shorter than a bucket, most populated first
+        self._short6: tuple[int, ...] = ()
+        self._order: deque[tuple[int, int, int]] = deque()  # (shift, network bits, bucket or -1), oldest first
+        self._puts = 0
 
     def __len__(self) -> int:
         return len(self._order)
@@ -68,12 +65,13 @@ class NetworkCache(Generic[V]):
             bucket, short = key >> 16, self._short4
         else:
             bucket, short = key >> 96, self._short6
-        for shift, table in self._buckets.get(bucket, ()):
-            value = table.get(key >> shift)
+        by_shift = self._by_shift
+        for shift in self._buckets.get(bucket, ()):
+            value = by_shift[shift].get(key >> shift)
             if value is not None:
                 return value
-        for shift, table in short:
-            value = table.get(key >> shift)
+        for shift in short:
+            value = by_shift[shift].get(key >> shift)
             if value is not None:
                 return value
         return None
@@ -82,51 +80,54 @@ class NetworkCache(Generic[V]):
         """Store *value* for the network of *prefix* bits holding *key*."""
         shift = 128 - prefix
         bits = key >> shift
+        if key >> 32 == _V4_TOP:
+            bucket, bucket_shift = key >> (128 - _V4_BUCKET), 128 - _V4_BUCKET
+        else:
+            bucket, bucket_shift = key >> (128 - _V6_BUCKET), 128 - _V6_BUCKET
         with self._lock:
-            table = self._tables.get(prefix)
-            if table is None:
-                table = self._tables[prefix] = {}
-            elif bits in table:
+            table = self._by_shift[shift]
+            if bits in table:
                 return  # a concurrent miss stored it already
             order = self._order
             if len(order) >= self.maxsize:
-                old_prefix, old_bits = order.popleft()
-                del self._tables[old_prefix][old_bits]
+                self._evict(*order.popleft())
             table[bits] = value
-            order.append((prefix, bits))
-            if key >> 32 == _V4_TOP:
-                bucket, bucket_prefix = key >> (128 - _V4_BUCKET), _V4_BUCKET
-            else:
-                bucket, bucket_prefix = key >> (128 - _V6_BUCKET), _V6_BUCKET
-            if prefix >= bucket_prefix:
-                probe = self._buckets.get(bucket, ())
-                if probe and probe[0][0] == shift and len(probe) == 1:
-                    return  # the usual case: the bucket already probes this length
-                if not _has(probe, shift):
-                    if len(self._buckets) > self.maxsize * 4:
-                        self._buckets.clear()  # lists only speed lookups up; a dropped one costs a miss
-                    self._buckets[bucket] = (*probe, (shift, table))
-            else:
-                self._put_short(bucket_prefix, shift, table)
+            if shift > bucket_shift:  # shorter than a bucket: probed for every key of its family
+                order.append((shift, bits, -1))
+                self._put_short(bucket_shift, shift)
+                return
+            order.append((shift, bits, bucket))
+            counts = self._counts
+            counts[bucket] = counts.get(bucket, 0) + 1
+            probe = self._buckets.get(bucket, ())
+            if shift not in probe:
+                self._buckets[bucket] = (*probe, shift)
 
-    def _put_short(self, bucket_prefix: int, shift: int, table: dict[int, V]) -> None:
-        """Register a table of networks shorter than a bucket (rare: an IPv4 /12, an IPv6 /24)."""
-        if bucket_prefix == _V4_BUCKET:
-            if not _has(self._short4, shift):
-                self._short4 = (*self._short4, (shift, table))
-        elif not _has(self._short6, shift):
-            self._short6 = (*self._short6, (shift, table))
+    def _evict(self, shift: int, bits: int, bucket: int) -> None:
+        del self._by_shift[shift][bits]
+        if bucket >= 0:
+            left = self._counts[bucket] - 1
+            if left:
+                self._counts[bucket] = left
+            else:
+                del self._counts[bucket]
+                del self._buckets[bucket]
+
+    def _put_short(self, bucket_shift: int, shift: int) -> None:
+        """Register the length of a network shorter than a bucket (rare: an IPv4 /12, an IPv6 /24)."""
+        if bucket_shift == 128 - _V4_BUCKET:
+            if shift not in self._short4:
+                self._short4 = (*self._short4, shift)
+        elif shift not in self._short6:
+            self._short6 = (*self._short6, shift)
         self._puts += 1
         if self._puts % _REORDER_EVERY == 0:  # probe short networks most populated first
-            self._short4 = tuple(sorted(self._short4, key=lambda e: -len(e[1])))
-            self._short6 = tuple(sorted(self._short6, key=lambda e: -len(e[1])))
+            by_shift = self._by_shift
+            self._short4 = tuple(sorted(self._short4, key=lambda s: -len(by_shift[s])))
+            self._short6 = tuple(sorted(self._short6, key=lambda s: -len(by_shift[s])))
 
     def clear(self) -> None:
         with self._lock:
-            for table in self._tables.values():
-                table.clear()  # a reader still holding an old probe list must find nothing in it
-            self._tables.clear()
-            self._buckets.clear()
-            self._short4 = self._short6 = ()
-            self._order.clear()
-            self._puts = 0
+            for table in self._by_shift:
+                table.clear()  # a reader still holding the old tables must find nothing in them
+            self._reset()

@@ -29,7 +29,7 @@ from .responses import DenialResponse, ResponseConfig
 from .routes import Route
 from .tokens import TokenVerifier
 
-__all__ = ["Front", "State", "Where", "build_state", "new_front", "new_where", "signature"]
+__all__ = ["Client", "Front", "State", "Where", "build_state", "new_front", "new_where", "signature"]
 
 
 class Where(NamedTuple):
@@ -59,6 +59,10 @@ class Front(NamedTuple):
     """The decision is an allow with nothing to record or check per request (no reasons, not audited, no
     audit-failure rule): the middleware's shortest path."""
 
+
+Client = tuple[str | None, int, str | None, str | None, bool, str | None]
+"""What the client cache keeps per (peer, forwarding headers): (network, facts id, problem, exempt, broken,
+client text), the atoms of a :class:`Where` (see :meth:`Locator.locate`)."""
 
 new_where: Callable[[tuple[Any, ...]], Where] = partial(tuple.__new__, Where)
 """Build from a complete tuple on the request path: a NamedTuple's Python-level ``__new__`` costs several times more."""
@@ -99,8 +103,10 @@ class State:
     decisions: BoundedCache[tuple[str, int, int, str | None], tuple[Any, Decision]] = field(
         default_factory=lambda: BoundedCache(65_536, 32 << 20)
     )
-    clients: BoundedCache[tuple[Any, ...], Where] = field(default_factory=lambda: BoundedCache(16_384, 8 << 20))
-    front: BoundedCache[tuple[Any, ...], Front] = field(default_factory=lambda: BoundedCache(16_384, 16 << 20))
+    clients: BoundedCache[tuple[Any, ...], Client] = field(default_factory=lambda: BoundedCache(65_536, 16 << 20))
+    # The front cache holds built objects (a route, a location, a decision): few, so that a full collection
+    # of the garbage collector stays short; a miss costs a client-cache hit and a few tuples.
+    front: BoundedCache[tuple[Any, ...], Front] = field(default_factory=lambda: BoundedCache(4096, 8 << 20))
     peers: BoundedCache[str | None, bool] = field(default_factory=lambda: BoundedCache(4096, 1 << 20))
 
     def trusted_peer(self, peer: str | None) -> bool:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import gc
 import random
 import sys
 import threading
@@ -114,9 +115,9 @@ def test_concurrent_readers_never_get_a_wrong_network() -> None:
 def test_clear_empties_tables_a_racing_reader_may_still_hold() -> None:
     cache: NetworkCache[str] = NetworkCache(10)
     cache.put(v4(8, 8, 8, 8), 96 + 24, "old")
-    held = [*cache._buckets.values(), cache._short4]  # what a get() in flight on another thread iterates
+    held = cache._by_shift  # what a get() in flight on another thread reads
     cache.clear()
-    assert all(not table for probe in held for _, table in probe)
+    assert not any(held)
     assert cache.get(v4(8, 8, 8, 8)) is None
 
 
@@ -125,9 +126,20 @@ def test_bucket_lists_stay_bounded_when_every_lookup_is_new() -> None:
     for i in range(20_000):
         cache.put(v4(i >> 8 & 255, i & 255, 0, 0), 96 + 24, i)
     assert len(cache) == 100
-    assert len(cache._buckets) <= 4 * 100 + 1
-    # Entries whose bucket list was reset are simply not found (a miss), never wrong.
-    assert cache.get(v4(78, 31, 0, 9)) in (None, 19999)
+    assert len(cache._buckets) <= 100 and sum(cache._counts.values()) == 100  # a bucket goes with its last network
+    assert cache.get(v4(78, 31, 0, 9)) == 19999
+    assert cache.get(v4(0, 1, 0, 9)) is None  # evicted
+
+
+def test_entries_are_invisible_to_the_garbage_collector() -> None:
+    """A full cache of plain values adds no tracked object per entry (a full collection walks each one)."""
+    cache: NetworkCache[tuple[str, int]] = NetworkCache(5000)
+    for i in range(5000):
+        cache.put(v4(i >> 8 & 255, i & 255, 0, 0), 96 + 24, (f"net{i}", i))
+    gc.collect()
+    gc.collect()
+    parts = [*cache._by_shift[8].values(), *cache._buckets.values(), *cache._order]
+    assert len(parts) == 5000 * 3 and not any(gc.is_tracked(part) for part in parts)
 
 
 def test_short_and_long_networks_of_both_families() -> None:
