@@ -89,50 +89,41 @@ class BoundedCache(Generic[K, V]):
         if size > self.max_item_bytes:
             return False
         with self._lock:
-            data = self._data
+            data, keys, used, free = self._data, self._keys, self._used, self._free
             old = data.pop(key, None)
             if old is not None:
-                self._release(old[1], old[2])
+                keys[old[1]] = _EMPTY
+                free.append(old[1])
+                self.size_bytes -= old[2]
+            # CLOCK, inlined (this runs on every cache miss of the request path): advance the hand, sparing
+            # (once, and at most _SECOND_CHANCES times per call) the entries hit since it last passed.
             chances = _SECOND_CHANCES
+            hand = self._hand
             while data and (len(data) >= self.max_entries or self.size_bytes + size > self.max_bytes):
-                chances = self._evict(chances)
-            if self._free:
-                slot = self._free.pop()
-                self._keys[slot] = key
-                self._used[slot] = 0
+                if hand >= len(keys):
+                    hand = 0
+                victim = keys[hand]
+                if victim is not _EMPTY:
+                    if used[hand] and chances:
+                        used[hand] = 0
+                        chances -= 1
+                    else:
+                        self.size_bytes -= data.pop(victim)[2]  # type: ignore[arg-type]
+                        keys[hand] = _EMPTY
+                        free.append(hand)
+                hand += 1
+            self._hand = hand
+            if free:
+                slot = free.pop()
+                keys[slot] = key
+                used[slot] = 0
             else:
-                slot = len(self._keys)
-                self._keys.append(key)
-                self._used.append(0)
+                slot = len(keys)
+                keys.append(key)
+                used.append(0)
             data[key] = (value, slot, size)
             self.size_bytes += size
         return True
-
-    def _evict(self, chances: int) -> int:
-        """Advance the hand to the next entry not used since it last passed (sparing at most *chances* used
-        ones) and evict it; returns the chances left."""
-        keys, used = self._keys, self._used
-        while True:
-            hand = self._hand
-            if hand >= len(keys):
-                hand = 0
-            self._hand = hand + 1
-            key = keys[hand]
-            if key is _EMPTY:
-                continue
-            if used[hand] and chances:
-                used[hand] = 0
-                chances -= 1
-                continue
-            entry = self._data.pop(key)  # type: ignore[arg-type]
-            self._release(hand, entry[2])
-            return chances
-
-    def _release(self, slot: int, size: int) -> None:
-        self._keys[slot] = _EMPTY
-        self._used[slot] = 0
-        self._free.append(slot)
-        self.size_bytes -= size
 
     def clear(self) -> None:
         """Drop every entry (only for tests and tools: the request path never clears a whole cache)."""

@@ -41,7 +41,6 @@ from .request import Refused, RequestFacts, read_request, request_key
 from .responses import DenialResponse, ResponseConfig, denial_response
 from .routes import Route
 from .state import Client, Front, State, Where, new_front, new_where
-from .tokens import token_from_scope
 
 __all__ = ["GeofenceMiddleware", "IdentityResolver"]
 
@@ -173,10 +172,14 @@ class GeofenceMiddleware:
             scope_state[CLIENT_KEY] = front.where
             await self.app(scope, receive, private_responses(send) if front.private else send)
             return
-        decision, private = front.decision, front.private
+        decision, private, route = front.decision, front.private, front.route
         if decision is None:
             try:
-                decision, receive = await self._decide_request(state, scope, receive, front)
+                if route.params is None and not route.also:  # a class that needs an identity, one spelling
+                    decision = self._decide(state, scope, route.export_class, route.exempt or front.where.exempt,
+                                            front.where)  # fmt: skip
+                else:
+                    decision, receive = await self._decide_request(state, scope, receive, front)
             except Exception as exc:
                 decision = self._internal_error(state, scope, exc)
             private = scope.get("method") in _CACHEABLE and decision.export_class in state.private_classes
@@ -392,9 +395,10 @@ class GeofenceMiddleware:
         try:
             if self._identity is not None:
                 return self._identity(scope), None
-            if state.verifier is not None:
-                token = token_from_scope(scope, state.verifier.config.source, state.verifier.config.max_token_bytes)
-                return (state.verifier.identity(token), None) if token is not None else (None, None)
+            verifier = state.verifier
+            if verifier is not None:
+                token = verifier.token(scope)
+                return (verifier.identity(token), None) if token is not None else (None, None)
         except IdentityError as exc:
             return None, str(exc)
         return None, None

@@ -204,6 +204,23 @@ class TokenVerifier:
 
     # --- tokens -------------------------------------------------------------------------------------------
 
+    def token(self, scope: Mapping[str, Any]) -> str | None:
+        """The raw token of a request, as :func:`token_from_scope` reads it; one pass over the headers for the
+        usual ``Authorization: Bearer`` (anything else, or anything odd, takes the general reader)."""
+        config = self.config
+        if config.source.lower() != "authorization":
+            return token_from_scope(scope, config.source, config.max_token_bytes)
+        found = None
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                if found is not None:
+                    return token_from_scope(scope, config.source, config.max_token_bytes)  # raises
+                found = value
+        if found is None or found[:7].lower() != b"bearer " or len(found) > config.max_token_bytes + 7:
+            return token_from_scope(scope, config.source, config.max_token_bytes)
+        token = found[7:].decode("latin-1").strip()
+        return token if token and " " not in token else token_from_scope(scope, config.source, config.max_token_bytes)
+
     def identity(self, token: str) -> Identity:
         """The verified identity of *token*; :class:`IdentityError` with the reason otherwise."""
         digest = hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()

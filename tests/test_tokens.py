@@ -15,6 +15,8 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm, get_default_algorithms
 
 from geofence.identity import IdentityError
@@ -259,6 +261,38 @@ def test_token_sources() -> None:
 def test_token_source_problems(headers: Any, source: str, problem: str) -> None:
     with pytest.raises(IdentityError, match=problem):
         token_from_scope(scope_with(*headers), source, 100)
+
+
+def _read(read: Any) -> tuple[str, str | None]:
+    try:
+        return "token", read()
+    except IdentityError as exc:
+        return "error", str(exc)
+
+
+_HEADER_VALUE = st.one_of(
+    st.builds(
+        lambda scheme, gap, token, tail: scheme + gap + token + tail,
+        st.sampled_from([b"Bearer", b"bearer", b"BEARER", b" Bearer", b"Basic", b"Bearer\t", b""]),
+        st.sampled_from([b" ", b"  ", b"\t", b""]),
+        st.binary(max_size=12) | st.just(b"abc.def.ghi"),
+        st.sampled_from([b"", b" ", b"\t", b" x", b"\r"]),
+    ),
+    st.binary(max_size=20),
+)
+
+
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture])  # the verifier is only read
+@given(
+    headers=st.lists(st.tuples(st.sampled_from([b"authorization", b"cookie", b"x-other"]), _HEADER_VALUE), max_size=3)
+)
+def test_the_verifiers_fast_reader_reads_exactly_what_token_from_scope_reads(
+    headers: list[tuple[bytes, bytes]], verifier: TokenVerifier
+) -> None:
+    """The per-request reader of ``Authorization: Bearer`` takes shortcuts: never a different answer."""
+    scope = scope_with(*headers)
+    limit = verifier.config.max_token_bytes
+    assert _read(lambda: verifier.token(scope)) == _read(lambda: token_from_scope(scope, "authorization", limit))
 
 
 # --- JWKS over HTTP ---------------------------------------------------------------------------------------
