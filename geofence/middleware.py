@@ -192,8 +192,8 @@ class GeofenceMiddleware:
         metrics = state.metrics
         started = time.perf_counter() if metrics is not None else 0.0
         facts = read_request(scope, key, host, forwarding)
-        front = self._front(state, scope, facts)
-        if key is not None:
+        front, seen = self._front(state, scope, facts)
+        if key is not None and seen:  # admission: a client seen before, not every one-off request
             state.front.put(key, front, facts.size)
         if metrics is not None:
             metrics.miss(time.perf_counter() - started)
@@ -276,13 +276,15 @@ class GeofenceMiddleware:
         decision = Decision(False, 503, _INTERNAL_ERROR_CLASS, "enforce", (reason,), "none", None, None)
         await send_denial(scope, receive, send, denial_response(decision, ResponseConfig(), header(scope, b"accept")))
 
-    def _front(self, state: State, scope: Scope, facts: RequestFacts) -> Front:
+    def _front(self, state: State, scope: Scope, facts: RequestFacts) -> tuple[Front, bool]:
         """Route and client location for a request key not seen before, and the decision itself when no
-        identity and no request parameter can change it."""
+        identity and no request parameter can change it; and whether the client was known (the front cache
+        admits only those: a flood of one-off clients neither pays for nor displaces its entries)."""
         route = state.policy.routes.classify(facts.method, facts.host, facts.path, facts.root_path)
         key = facts.key
         where_key = key[4:] if key is not None else None  # (peer,) or (peer, trusted forwarding headers)
         client = state.clients.get(where_key) if where_key is not None else None
+        seen = client is not None
         if client is None:
             client = self._locate(state, scope, facts)
             if where_key is not None:
@@ -292,16 +294,16 @@ class GeofenceMiddleware:
         where = new_where((location, problem, exempt, broken, text, facts_id))
         if not route.also:  # one spelling (most requests): skip the general loop below
             if route.params is not None or route.export_class in state.identity_classes:
-                return new_front((route, where, None, False, False))
+                return new_front((route, where, None, False, False)), seen
             decision = self._decide(state, scope, route.export_class, route.exempt or where.exempt, where)
         else:
             spellings = _spellings(route)
             if any(r.params is not None or r.export_class in state.identity_classes for r in spellings):
-                return new_front((route, where, None, False, False))
+                return new_front((route, where, None, False, False)), seen
             decision = self._strictest(state, scope, where, ((r.export_class, r.exempt) for r in spellings))
         private = facts.method in _CACHEABLE and decision.export_class in state.private_classes
         plain = decision.allowed and not decision.reasons and decision.export_class not in state.record_allowed
-        return new_front((route, where, decision, private, plain))
+        return new_front((route, where, decision, private, plain)), seen
 
     async def _decide_request(
         self, state: State, scope: Scope, receive: Receive, front: Front

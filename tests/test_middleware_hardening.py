@@ -133,6 +133,7 @@ async def test_the_hot_set_survives_a_flood_of_one_time_requests(country_db: Pat
     state = middleware._state
     assert state is not None
     await send(middleware, "GET", "/hot")
+    await send(middleware, "GET", "/hot")  # admitted on the client's second request
     hot_key = next(iter(state.front._data))
     for i in range(state.front.max_entries + 100):
         scope = http_scope(f"/cold/{i}")
@@ -140,6 +141,22 @@ async def test_the_hot_set_survives_a_flood_of_one_time_requests(country_db: Pat
         if i % 1000 == 0:
             await run_asgi(middleware, http_scope("/hot"), [{"type": "http.request", "body": b""}])
     assert hot_key in state.front  # never cleared wholesale; the entry in use kept its place
+
+
+async def test_one_off_clients_are_decided_but_not_admitted_to_the_front_cache(
+    country_db: Path, anonymous_db: Path
+) -> None:
+    """The front cache holds built objects and is small: a flood of new clients must not fill it (nor pay for
+    it); a client that comes back is admitted, and then answered from it."""
+    middleware = GeofenceMiddleware(Recorder(), config=policy(country_db, anonymous_db))
+    state = middleware._state
+    assert state is not None
+    for i in range(300):
+        assert (await send(middleware, "GET", "/v1/models", peer=f"8.8.{i // 250}.{i % 250}")).status_code == 200
+    assert len(state.front) == 0 and len(state.clients) == 300
+    await send(middleware, "GET", "/v1/models", peer="8.8.0.7")
+    assert len(state.front) == 1
+    assert (await send(middleware, "GET", "/v1/models", peer="8.8.0.7")).status_code == 200  # a front-cache hit
 
 
 async def test_long_methods_count_against_the_byte_budget(country_db: Path, anonymous_db: Path) -> None:
