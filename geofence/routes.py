@@ -1,8 +1,9 @@
 """Route rules -> export class.
 
-Rules are tried in order and the first match wins. All rules are compiled into one regular expression over
-``"METHOD host path"``, so matching costs one C-level regex match whatever the number of rules, and results
-are memoised per (method, host, path, root_path).
+Rules are tried in order and the first match wins. Each rule is a regular expression over ``"METHOD host path"``;
+a :class:`~geofence.route_index.RouteIndex` picks the few rules a path can match, and one alternation of those
+decides, so a new path costs about the same whatever the number of rules. Results are memoised per (method,
+host, path, root_path).
 
 The app may route a request by a different spelling than the one on the wire: the path without the ASGI
 ``root_path`` (a mounted app), a path with ``//``, ``.``, ``..`` or a trailing slash that the framework
@@ -24,6 +25,7 @@ from typing import Final, NamedTuple
 from .cache import BoundedCache
 from .params import DEFAULT_MAX_BODY, Param, ParamRule, compile_param, param_problems
 from .request import MAX_KEY_BYTES
+from .route_index import IndexedRule, RouteIndex
 
 __all__ = [
     "DEFAULT_MAX_BODY",
@@ -164,10 +166,10 @@ class RouteTable:
     __slots__ = (
         "_exempt",
         "_exempt_globs",
+        "_index",
         "_memo",
         "_needs",
         "_params",
-        "_pattern",
         "_rules",
         "_singles",
         "default_class",
@@ -182,12 +184,12 @@ class RouteTable:
             any(p.source == "query" for p in self._params),
             any(p.source == "header" for p in self._params),
         )
-        sources = [_rule_regex(rule) for rule in self._rules]
-        # One alternation, in rule order: the regex engine returns the first alternative that matches.
+        indexed = [
+            IndexedRule(r.path, r.methods, r.host and canonical_host(r.host), _rule_regex(r)) for r in self._rules
+        ]
+        self._index = RouteIndex(indexed)
         # DOTALL: a path may carry a newline (%0A); `.` must match it, or "/x/**" would miss "/x/y%0A".
-        alternation = "|".join(f"(?P<r{i}>{src})" for i, src in enumerate(sources))
-        self._pattern = re.compile(alternation, re.DOTALL) if sources else None
-        self._singles = tuple(re.compile(src, re.DOTALL) for src in sources)
+        self._singles = tuple(re.compile(entry.regex, re.DOTALL) for entry in indexed)
         self._exempt_globs = tuple(exempt_paths)
         self._exempt = (
             re.compile("|".join(f"(?P<e{i}>{compile_glob(g)})" for i, g in enumerate(exempt_paths)), re.DOTALL)
@@ -245,12 +247,16 @@ class RouteTable:
         return first._replace(exempt=None, also=tuple(also))
 
     def _classify(self, method: str, host: str, path: str) -> Route:
-        """One spelling: the first matching rule, and the candidates after it if it reads a parameter."""
+        """One spelling: the first matching rule, and the later ones that match too if it reads a parameter.
+
+        Only the rules the index finds for the path are tried (in rule order): no other can match while *host*
+        holds no space, as :func:`_host_spellings` makes sure."""
         exempt = None
         if self._exempt is not None and (hit := self._exempt.fullmatch(path)) and hit.lastgroup:
             exempt = f"path matches exempt {self._exempt_globs[int(hit.lastgroup[1:])]}"
         subject = f"{method} {host} {path}"
-        match = self._pattern.fullmatch(subject) if self._pattern is not None else None
+        found = self._index.candidates(method, path)
+        match = found.pattern.fullmatch(subject) if found.pattern is not None else None
         if match is None or match.lastgroup is None:
             return Route(self.default_class, None, None, exempt)
         first = int(match.lastgroup[1:])
@@ -258,10 +264,10 @@ class RouteTable:
         if self._params[first].source == "":
             return Route(rule.export_class, rule, None, exempt)
         candidates = [self._params[first]]
-        for param, pattern in zip(self._params[first + 1 :], self._singles[first + 1 :], strict=True):
-            if pattern.fullmatch(subject):
-                candidates.append(param)
-                if param.source == "":
+        for i in found.rules:  # every rule that can match is among them: the later ones, in order
+            if i > first and self._singles[i].fullmatch(subject):
+                candidates.append(self._params[i])
+                if self._params[i].source == "":
                     break
         return Route(rule.export_class, rule, ParamRule(tuple(candidates), self.default_class), exempt)
 
