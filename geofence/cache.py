@@ -6,20 +6,24 @@ hostile burst into a stall for everyone. This one evicts with CLOCK (second chan
 for the entry's slot; when room is needed the hand evicts the next slot, unless it was hit since the hand last
 passed, in which case it is spared once. The hot set stays; the cost of an eviction is bounded.
 
-Layout, for the garbage collector as much as for speed: one dict of ``key -> (value, slot, size)`` tuples,
-one list of keys by slot and one bytearray of "used" bits. No per-entry container objects: a tuple of atoms
-(strings, numbers, None) is untracked by the collector after its first pass, so a cache of 100,000 entries
-adds almost nothing to a full collection (a full pass over 500,000 tracked objects takes ~45 ms here; the
-linked list of an ``OrderedDict`` of lists was several objects per entry).
+Laid out for the garbage collector as much as for speed. A full collection visits every reference held by
+every tracked container, and in a large heap each visit is a cache miss (~50 ns measured here): a 65,536-entry
+cache of tuples in a dict plus a list of keys cost ~10 ms per full collection, a stall for whichever request
+triggers it. So the bookkeeping is dicts of plain values (``key -> slot and size`` packed in one int,
+``slot -> key``), a bytearray of "used" bits and an array of free slots. A dict holding only strings, bytes,
+numbers and None is never tracked by the collector: a cache whose keys and values are such atoms costs a full
+collection nothing, however large it grows. (Callers with large caches keep them so; the small front cache
+holds built objects.)
 
 Hand-written rather than ``cachetools.LRUCache``: a hit there is a Python-level ``__getitem__`` that also
-reorders a linked list (~0.4 µs measured on the build machine against ~0.05 µs here), and the warm request
-path makes several cache probes.
+reorders a linked list (~0.4 µs measured on the build machine against ~0.1 µs here), and its nodes are
+tracked objects.
 """
 
 from __future__ import annotations
 
 import threading
+from array import array
 from collections.abc import Hashable
 from typing import Final, Generic, TypeVar
 
@@ -29,24 +33,26 @@ K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
 
 ENTRY_OVERHEAD: Final = 100
-"""Bytes charged per entry beyond its reported size: the dict slot, the entry tuple and the key."""
+"""Bytes charged per entry beyond its reported size: the dict slots and the key."""
 _SECOND_CHANCES: Final = 32  # per insertion: bounded work (~3 µs) even when every entry was hit
-_EMPTY: Final = object()  # a free slot (None is a valid key)
+_SIZE_BITS: Final = 32
+_SIZE_MASK: Final = (1 << _SIZE_BITS) - 1
 
 
 class BoundedCache(Generic[K, V]):
     """At most *max_entries* entries and *max_bytes* bytes (as reported to :meth:`put`).
 
-    :meth:`get` takes no lock (one dict lookup and one byte store); :meth:`put` holds a lock, so threads may
+    :meth:`get` takes no lock (two dict lookups and one byte store); :meth:`put` holds a lock, so threads may
     share a cache.
     """
 
     __slots__ = (
+        "_at",
         "_data",
         "_free",
         "_hand",
-        "_keys",
         "_lock",
+        "_meta",
         "_used",
         "max_bytes",
         "max_entries",
@@ -59,12 +65,14 @@ class BoundedCache(Generic[K, V]):
             raise ValueError("max_entries must be at least 1")
         self.max_entries = max_entries
         self.max_bytes = max_bytes if max_bytes is not None else max_entries * 1024
-        self.max_item_bytes = max_item_bytes if max_item_bytes is not None else max(1, self.max_bytes // 64)
+        default_item = max(1, self.max_bytes // 64)
+        self.max_item_bytes = min(max_item_bytes if max_item_bytes is not None else default_item, _SIZE_MASK)
         self._lock = threading.Lock()
-        self._data: dict[K, tuple[V, int, int]] = {}
-        self._keys: list[object] = []  # by slot
+        self._data: dict[K, V] = {}
+        self._meta: dict[K, int] = {}  # key -> slot << 32 | size
+        self._at: dict[int, K] = {}  # slot -> key
         self._used = bytearray()  # by slot: hit since the hand last passed
-        self._free: list[int] = []
+        self._free = array("q")  # slots left empty by evictions for bytes, and by replaced keys
         self._hand = 0
         self.size_bytes = 0
 
@@ -76,11 +84,12 @@ class BoundedCache(Generic[K, V]):
 
     def get(self, key: K) -> V | None:
         """The value for *key*, or None; marks the entry as recently used."""
-        entry = self._data.get(key)
-        if entry is None:
-            return None
-        self._used[entry[1]] = 1
-        return entry[0]
+        value = self._data.get(key)
+        if value is not None:
+            meta = self._meta.get(key)
+            if meta is not None:  # None only if a put on another thread evicted it just now
+                self._used[meta >> _SIZE_BITS] = 1
+        return value
 
     def put(self, key: K, value: V, size: int = 0) -> bool:
         """Store *value*; *size* is what the entry costs in bytes beyond a fixed overhead. Entries larger than
@@ -89,39 +98,39 @@ class BoundedCache(Generic[K, V]):
         if size > self.max_item_bytes:
             return False
         with self._lock:
-            data, keys, used, free = self._data, self._keys, self._used, self._free
-            old = data.pop(key, None)
+            data, meta, at, used, free = self._data, self._meta, self._at, self._used, self._free
+            old = meta.pop(key, None)
             if old is not None:
-                keys[old[1]] = _EMPTY
-                free.append(old[1])
-                self.size_bytes -= old[2]
+                del data[key], at[old >> _SIZE_BITS]
+                free.append(old >> _SIZE_BITS)
+                self.size_bytes -= old & _SIZE_MASK
             # CLOCK, inlined (this runs on every cache miss of the request path): advance the hand, sparing
             # (once, and at most _SECOND_CHANCES times per call) the entries hit since it last passed.
             chances = _SECOND_CHANCES
             hand = self._hand
             while data and (len(data) >= self.max_entries or self.size_bytes + size > self.max_bytes):
-                if hand >= len(keys):
+                if hand >= len(used):
                     hand = 0
-                victim = keys[hand]
-                if victim is not _EMPTY:
+                if hand in at:
                     if used[hand] and chances:
                         used[hand] = 0
                         chances -= 1
                     else:
-                        self.size_bytes -= data.pop(victim)[2]  # type: ignore[arg-type]
-                        keys[hand] = _EMPTY
+                        victim = at.pop(hand)
+                        del data[victim]
+                        self.size_bytes -= meta.pop(victim) & _SIZE_MASK
                         free.append(hand)
                 hand += 1
             self._hand = hand
             if free:
                 slot = free.pop()
-                keys[slot] = key
                 used[slot] = 0
             else:
-                slot = len(keys)
-                keys.append(key)
+                slot = len(used)
                 used.append(0)
-            data[key] = (value, slot, size)
+            at[slot] = key
+            data[key] = value
+            meta[key] = slot << _SIZE_BITS | size
             self.size_bytes += size
         return True
 
@@ -129,8 +138,9 @@ class BoundedCache(Generic[K, V]):
         """Drop every entry (only for tests and tools: the request path never clears a whole cache)."""
         with self._lock:
             self._data = {}
-            self._keys = []
+            self._meta = {}
+            self._at = {}
             self._used = bytearray()
-            self._free = []
+            self._free = array("q")
             self._hand = 0
             self.size_bytes = 0

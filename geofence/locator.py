@@ -63,10 +63,10 @@ class Locator:
                 db.close()
             raise
         self._databases: tuple[GeoDatabase, ...] = tuple(opened)
-        # network -> (network text, facts id): tuples of atoms, which the garbage collector stops tracking, so
-        # a full cache adds nothing to a full collection. The facts (everything but the network) are interned:
-        # one template per distinct answer, and the id lets a caller cache decisions per answer, not network.
-        self._cache: NetworkCache[tuple[str, int]] = NetworkCache(cache_size)
+        # network -> "facts-id network-text": a string, so the cache holds nothing the garbage collector tracks
+        # (see netcache). The facts (everything but the network) are interned: one template per distinct
+        # answer, and the id lets a caller cache decisions per answer rather than per network.
+        self._cache: NetworkCache[str] = NetworkCache(cache_size)
         self._facts: list[tuple[object, ...]] = []
         self._fact_ids: dict[tuple[object, ...], int] = {}
 
@@ -98,7 +98,10 @@ class Locator:
         alone (a decision) can be shared across networks. :meth:`location` builds the Location.
         *ipv4_text*: the canonical dotted quad of *key*, when the caller has it (saves formatting it)."""
         cached = self._cache.get(key)
-        return cached if cached is not None else self._resolve(key, ipv4_text)
+        if cached is None:
+            return self._resolve(key, ipv4_text)
+        facts_id, _, network = cached.partition(" ")
+        return network, int(facts_id)
 
     def location(self, network: str, facts_id: int) -> Location:
         """The Location of a :meth:`locate` answer."""
@@ -142,14 +145,14 @@ class Locator:
                 prefix = length
             if record or db.anonymizer_capable:  # an anonymizer database answers by silence too
                 answered.append((db, db.facts(record)))
-        found = (format_network(key, prefix), self._intern(_merge(answered)))
+        network, facts_id = format_network(key, prefix), self._intern(_merge(answered))
         # Cache the largest block of the network that holds no special-purpose address (nearly always the
         # whole network; a database network straddling e.g. 100.64.0.0/10 is cached in smaller pieces).
         cached = prefix
         while (key & ~((1 << (128 - cached)) - 1)) < low or (key | ((1 << (128 - cached)) - 1)) > high:
             cached += 1
-        self._cache.put(key, cached, found)
-        return found
+        self._cache.put(key, cached, f"{facts_id} {network}")
+        return network, facts_id
 
     def close(self) -> None:
         """Close the database readers. Lookups after this raise :class:`DatabaseError`."""

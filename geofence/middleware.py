@@ -40,7 +40,7 @@ from .reloader import Reloader
 from .request import Refused, RequestFacts, read_request, request_key
 from .responses import DenialResponse, ResponseConfig, denial_response
 from .routes import Route
-from .state import Client, Front, State, Where, new_front, new_where
+from .state import Client, Front, State, Where, client_key, new_front, new_where, pack_client, unpack_client
 
 __all__ = ["GeofenceMiddleware", "IdentityResolver"]
 
@@ -281,14 +281,16 @@ class GeofenceMiddleware:
         identity and no request parameter can change it; and whether the client was known (the front cache
         admits only those: a flood of one-off clients neither pays for nor displaces its entries)."""
         route = state.policy.routes.classify(facts.method, facts.host, facts.path, facts.root_path)
-        key = facts.key
-        where_key = key[4:] if key is not None else None  # (peer,) or (peer, trusted forwarding headers)
-        client = state.clients.get(where_key) if where_key is not None else None
-        seen = client is not None
-        if client is None:
+        # Keyed by peer and trusted forwarding headers, when the request is cacheable at all (see request.py).
+        where_key = client_key(facts.peer, facts.forwarding) if facts.key is not None else None
+        packed = state.clients.get(where_key) if where_key is not None else None
+        seen = packed is not None
+        if packed is None:
             client = self._locate(state, scope, facts)
             if where_key is not None:
-                state.clients.put(where_key, client, facts.size - len(facts.path))
+                state.clients.put(where_key, pack_client(client), 2 * len(where_key) + 80)
+        else:
+            client = unpack_client(packed)
         network, facts_id, problem, exempt, broken, text = client
         location = state.locator.location(network, facts_id) if network is not None else None
         where = new_where((location, problem, exempt, broken, text, facts_id))

@@ -15,7 +15,7 @@ space), so any hit is the answer. (A sorted array of ranges found by bisection w
 from __future__ import annotations
 
 import threading
-from collections import deque
+from array import array
 from typing import Final, Generic, TypeVar
 
 __all__ = ["NetworkCache"]
@@ -26,19 +26,36 @@ _V4_TOP: Final = 0xFFFF  # key >> 32 of every IPv4 key (::ffff:0:0/96)
 _V4_BUCKET: Final = 96 + 16  # prefix length of an IPv4 bucket (/16), in the 128-bit key space
 _V6_BUCKET: Final = 32
 _REORDER_EVERY: Final = 256
+_LOW: Final = (1 << 64) - 1
 
 
 class NetworkCache(Generic[V]):
     """Map networks (128-bit key space, prefix length 0..128) to values; evict the oldest when full.
 
-    Reads take no lock: each probe is one dict lookup of a complete entry, and probe lists are replaced as
-    whole tuples. Writers hold a lock. Everything held is atoms (ints, and tuples of ints) but the values
-    and one dict per prefix length, so the garbage collector does not track an object per entry. A bucket's
-    probe list lists every length it ever held while any network in it is cached (a stale length costs one
-    lookup); a count per bucket drops the list when its last network is evicted.
+    Reads take no lock: each probe is one dict lookup of a complete entry, and probe lists are replaced whole.
+    Writers hold a lock. Nothing here is a tracked container when the values are strings (the locator's are):
+    dicts of ints to strings or bytes, a ring of insertion order in machine-integer arrays. A full collection
+    of the garbage collector then visits nothing of a full cache (a dict of tuples and a deque of 65,536
+    entries cost it ~10 ms here). A bucket's probe list (a bytes of shifts) lists every length it held while
+    any network in it is cached (a stale length costs one lookup); a count per bucket drops the list when its
+    last network is evicted.
     """
 
-    __slots__ = ("_buckets", "_by_shift", "_counts", "_lock", "_order", "_puts", "_short4", "_short6", "maxsize")
+    __slots__ = (
+        "_buckets",
+        "_by_shift",
+        "_count",
+        "_counts",
+        "_hi",
+        "_lo",
+        "_lock",
+        "_next",
+        "_puts",
+        "_shifts",
+        "_short4",
+        "_short6",
+        "maxsize",
+    )
 
     def __init__(self, maxsize: int) -> None:
         if maxsize < 1:
@@ -50,15 +67,20 @@ class NetworkCache(Generic[V]):
     def _reset(self) -> None:
         # A new table per length: a reader still holding an old probe list finds nothing stale in them.
         self._by_shift: list[dict[int, V]] = [{} for _ in range(129)]  # 128 - prefix -> network bits -> value
-        self._buckets: dict[int, tuple[int, ...]] = {}  # bucket -> shifts of the lengths present in it
+        self._buckets: dict[int, bytes] = {}  # bucket -> shifts of the lengths present in it
         self._counts: dict[int, int] = {}  # bucket -> networks cached in it
         self._short4: tuple[int, ...] = ()  # shifts of IPv4 networks shorter than a bucket, most populated first
         self._short6: tuple[int, ...] = ()
-        self._order: deque[tuple[int, int, int]] = deque()  # (shift, network bits, bucket or -1), oldest first
+        # Insertion order, a ring: network bits (two 64-bit halves) and shift; the oldest is at _next when full.
+        self._hi = array("Q", bytes(8 * self.maxsize))
+        self._lo = array("Q", bytes(8 * self.maxsize))
+        self._shifts = bytearray(self.maxsize)
+        self._next = 0
+        self._count = 0
         self._puts = 0
 
     def __len__(self) -> int:
-        return len(self._order)
+        return self._count
 
     def get(self, key: int) -> V | None:
         if key >> 32 == _V4_TOP:
@@ -66,7 +88,7 @@ class NetworkCache(Generic[V]):
         else:
             bucket, short = key >> 96, self._short6
         by_shift = self._by_shift
-        for shift in self._buckets.get(bucket, ()):
+        for shift in self._buckets.get(bucket, b""):
             value = by_shift[shift].get(key >> shift)
             if value is not None:
                 return value
@@ -80,32 +102,34 @@ class NetworkCache(Generic[V]):
         """Store *value* for the network of *prefix* bits holding *key*."""
         shift = 128 - prefix
         bits = key >> shift
-        if key >> 32 == _V4_TOP:
-            bucket, bucket_shift = key >> (128 - _V4_BUCKET), 128 - _V4_BUCKET
-        else:
-            bucket, bucket_shift = key >> (128 - _V6_BUCKET), 128 - _V6_BUCKET
         with self._lock:
             table = self._by_shift[shift]
             if bits in table:
                 return  # a concurrent miss stored it already
-            order = self._order
-            if len(order) >= self.maxsize:
-                self._evict(*order.popleft())
+            slot = self._next
+            if self._count >= self.maxsize:
+                self._evict(slot)
+            else:
+                self._count += 1
+            self._next = slot + 1 if slot + 1 < self.maxsize else 0
+            self._hi[slot], self._lo[slot], self._shifts[slot] = bits >> 64, bits & _LOW, shift
             table[bits] = value
+            bucket, bucket_shift = _bucket(key)
             if shift > bucket_shift:  # shorter than a bucket: probed for every key of its family
-                order.append((shift, bits, -1))
                 self._put_short(bucket_shift, shift)
                 return
-            order.append((shift, bits, bucket))
             counts = self._counts
             counts[bucket] = counts.get(bucket, 0) + 1
-            probe = self._buckets.get(bucket, ())
+            probe = self._buckets.get(bucket, b"")
             if shift not in probe:
-                self._buckets[bucket] = (*probe, shift)
+                self._buckets[bucket] = probe + bytes((shift,))
 
-    def _evict(self, shift: int, bits: int, bucket: int) -> None:
+    def _evict(self, slot: int) -> None:
+        shift = self._shifts[slot]
+        bits = self._hi[slot] << 64 | self._lo[slot]
         del self._by_shift[shift][bits]
-        if bucket >= 0:
+        bucket, bucket_shift = _bucket(bits << shift)
+        if shift <= bucket_shift:
             left = self._counts[bucket] - 1
             if left:
                 self._counts[bucket] = left
@@ -131,3 +155,10 @@ class NetworkCache(Generic[V]):
             for table in self._by_shift:
                 table.clear()  # a reader still holding the old tables must find nothing in them
             self._reset()
+
+
+def _bucket(key: int) -> tuple[int, int]:
+    """(bucket id, bucket shift) of *key*: IPv4 /16s, IPv6 /32s."""
+    if key >> 32 == _V4_TOP:
+        return key >> (128 - _V4_BUCKET), 128 - _V4_BUCKET
+    return key >> (128 - _V6_BUCKET), 128 - _V6_BUCKET

@@ -29,7 +29,19 @@ from .responses import DenialResponse, ResponseConfig
 from .routes import Route
 from .tokens import TokenVerifier
 
-__all__ = ["Client", "Front", "State", "Where", "build_state", "new_front", "new_where", "signature"]
+__all__ = [
+    "Client",
+    "Front",
+    "State",
+    "Where",
+    "build_state",
+    "client_key",
+    "new_front",
+    "new_where",
+    "pack_client",
+    "signature",
+    "unpack_client",
+]
 
 
 class Where(NamedTuple):
@@ -61,8 +73,35 @@ class Front(NamedTuple):
 
 
 Client = tuple[str | None, int, str | None, str | None, bool, str | None]
-"""What the client cache keeps per (peer, forwarding headers): (network, facts id, problem, exempt, broken,
-client text), the atoms of a :class:`Where` (see :meth:`Locator.locate`)."""
+"""A resolved client: (network, facts id, problem, exempt, broken, client text), the atoms of a :class:`Where`
+(see :meth:`Locator.locate`)."""
+
+
+def client_key(peer: str | None, forwarding: Mapping[bytes, bytes]) -> str:
+    """The client cache's key for a peer and the forwarding headers it sent, as one string: a dict of strings
+    is invisible to the garbage collector (see cache.py). Header values are length-prefixed, so no value can
+    spell another set of headers."""
+    head = "\x00unix" if peer is None else peer
+    if not forwarding:
+        return head
+    parts = [head]
+    for name, value in sorted(forwarding.items()):
+        parts.append(f"{name.decode('latin-1')}={len(value)}:{value.decode('latin-1')}")
+    return "\x00".join(parts)
+
+
+def pack_client(client: Client) -> str:
+    """*client* as the client cache keeps it (one string; the problem, which may quote anything, last)."""
+    network, facts_id, problem, exempt, broken, text = client
+    return (
+        f"{facts_id}\x00{network or ''}\x00{exempt or ''}\x00{'b' if broken else ''}\x00{text or ''}\x00{problem or ''}"
+    )
+
+
+def unpack_client(packed: str) -> Client:
+    facts_id, network, exempt, broken, text, problem = packed.split("\x00", 5)
+    return (network or None, int(facts_id), problem or None, exempt or None, broken == "b", text or None)
+
 
 new_where: Callable[[tuple[Any, ...]], Where] = partial(tuple.__new__, Where)
 """Build from a complete tuple on the request path: a NamedTuple's Python-level ``__new__`` costs several times more."""
@@ -103,7 +142,8 @@ class State:
     decisions: BoundedCache[tuple[str, int, int, str | None], tuple[Any, Decision]] = field(
         default_factory=lambda: BoundedCache(65_536, 32 << 20)
     )
-    clients: BoundedCache[tuple[Any, ...], Client] = field(default_factory=lambda: BoundedCache(65_536, 16 << 20))
+    clients: BoundedCache[str, str] = field(default_factory=lambda: BoundedCache(65_536, 16 << 20))
+    """``client_key -> pack_client``: strings only, so a full cache costs the garbage collector nothing."""
     # The front cache holds built objects (a route, a location, a decision): few, so that a full collection
     # of the garbage collector stays short; a miss costs a client-cache hit and a few tuples.
     front: BoundedCache[tuple[Any, ...], Front] = field(default_factory=lambda: BoundedCache(4096, 8 << 20))

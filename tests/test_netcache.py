@@ -132,14 +132,15 @@ def test_bucket_lists_stay_bounded_when_every_lookup_is_new() -> None:
 
 
 def test_entries_are_invisible_to_the_garbage_collector() -> None:
-    """A full cache of plain values adds no tracked object per entry (a full collection walks each one)."""
-    cache: NetworkCache[tuple[str, int]] = NetworkCache(5000)
-    for i in range(5000):
-        cache.put(v4(i >> 8 & 255, i & 255, 0, 0), 96 + 24, (f"net{i}", i))
-    gc.collect()
-    gc.collect()
-    parts = [*cache._by_shift[8].values(), *cache._buckets.values(), *cache._order]
-    assert len(parts) == 5000 * 3 and not any(gc.is_tracked(part) for part in parts)
+    """A full collection visits every reference a tracked container holds: a full cache of strings must hold
+    no tracked container at all (the locator's values are strings)."""
+    cache: NetworkCache[str] = NetworkCache(5000)
+    for i in range(6000):
+        cache.put(v4(i >> 8 & 255, i & 255, 0, 0), 96 + 24, f"{i} net")
+    assert len(cache) == 5000
+    assert not any(gc.is_tracked(table) for table in cache._by_shift)
+    assert not gc.is_tracked(cache._buckets) and not gc.is_tracked(cache._counts)
+    assert all(gc.get_referents(ring) == [type(ring)] for ring in (cache._hi, cache._lo))
 
 
 def test_short_and_long_networks_of_both_families() -> None:
