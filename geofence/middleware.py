@@ -110,6 +110,12 @@ class GeofenceMiddleware:
         return state.policy
 
     @property
+    def cache_budget_bytes(self) -> int:
+        """What the request-path caches may hold in this process (``[cache] max_mb``), in bytes."""
+        state = self._live.state
+        return state.budget.total_bytes if state is not None else 0
+
+    @property
     def startup_error(self) -> str | None:
         """Why no valid policy is loaded (the middleware then refuses to serve), or None."""
         return self._live.startup_error

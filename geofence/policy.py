@@ -18,11 +18,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
+from .budget import DEFAULT_CACHE_MB, MIN_CACHE_MB, CacheBudget
 from .databases import LOAD_MODES
 from .destinations import GroupResolver, ReferenceData, load_reference
 from .errors import GeofenceError
 from .identity import ClaimNames
-from .locator import DEFAULT_CACHE_SIZE, Locator
+from .locator import Locator
 from .policy_audit import AuditConfig, audit_config
 from .policy_checks import Checker, Problem, keys_of
 from .policy_classes import MODES, ClassPolicy, PersonRule, compile_class
@@ -69,6 +70,8 @@ class Policy:
     exempt_networks: tuple[tuple[int, int, str], ...]
     databases: tuple[str, ...] | None
     cache_size: int | None
+    cache_mb: int
+    """``[cache] max_mb``: what the request-path caches may hold, per process (see budget.py)."""
     load: str
     max_age_days: int | None
     """Databases older than this (by build date) are stale: a warning, or with ``on_stale = "deny"`` a 503."""
@@ -96,7 +99,9 @@ class Policy:
 
     def locator(self) -> Locator:
         """Open the policy's databases (the bundled one when none is configured)."""
-        return Locator(self.databases, cache_size=self.cache_size or DEFAULT_CACHE_SIZE, load=self.load)
+        return Locator(
+            self.databases, cache_size=self.cache_size or CacheBudget(self.cache_mb).networks, load=self.load
+        )
 
     def exempt_network(self, key: int | None) -> str | None:
         """Why client *key* is exempt (its ``[exempt] networks`` entry), or None."""
@@ -122,6 +127,7 @@ _TOP: Final = (
     "logging",
     "metrics",
     "audit",
+    "cache",
 )
 _ROUTE_KEYS: Final = (
     "path",
@@ -179,6 +185,9 @@ def parse_policy(data: Mapping[str, Any], *, source: str = "<policy>", base_dir:
         if not names:
             check.error("geoip.databases", "must name at least one database (omit the key for the bundled one)")
     cache_size = check.integer(geoip.get("cache_size"), "geoip.cache_size")
+    cache_mb = check.integer(
+        check.table(top.get("cache"), "cache", ("max_mb",)).get("max_mb"), "cache.max_mb", MIN_CACHE_MB
+    )
     max_age_days = check.integer(geoip.get("max_age_days"), "geoip.max_age_days")
     on_stale = check.string(geoip.get("on_stale"), "geoip.on_stale", ON_STALE) or "warn"
     health = check.table(top.get("health"), "health", ("path",))
@@ -278,6 +287,7 @@ def parse_policy(data: Mapping[str, Any], *, source: str = "<policy>", base_dir:
         exempt_networks=exempt_networks,
         databases=databases,
         cache_size=cache_size,
+        cache_mb=cache_mb or DEFAULT_CACHE_MB,
         max_age_days=max_age_days,
         on_stale=on_stale,
         health_path=health_path,

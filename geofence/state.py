@@ -16,6 +16,7 @@ from typing import Any, NamedTuple
 
 from .addresses import address_key
 from .audit import AuditWriter
+from .budget import CacheBudget
 from .cache import BoundedCache
 from .client_ip import ProxyConfig
 from .decision import Decision
@@ -138,16 +139,24 @@ class State:
     """Classes whose allowed requests need a per-request look: audited, or denied when the audit trail fails."""
     health_path: str | None = None
     signature: tuple[Any, ...] = ()
+    budget: CacheBudget = field(default_factory=CacheBudget)
+    """``[cache] max_mb``, shared among the caches below (see budget.py)."""
     # Bounded by entries and bytes, evicting a little at a time (see cache.py): keys come from clients.
-    decisions: BoundedCache[tuple[str, int, int, str | None], tuple[Any, Decision]] = field(
-        default_factory=lambda: BoundedCache(65_536, 32 << 20)
-    )
-    clients: BoundedCache[str, str] = field(default_factory=lambda: BoundedCache(65_536, 16 << 20))
+    decisions: BoundedCache[tuple[str, int, int, str | None], tuple[Any, Decision]] = field(init=False)
+    """(class, location facts id, identity object id, exempt) -> (identity, decision): few entries."""
+    clients: BoundedCache[str, str] = field(init=False)
     """``client_key -> pack_client``: strings only, so a full cache costs the garbage collector nothing."""
-    # The front cache holds built objects (a route, a location, a decision): few, so that a full collection
-    # of the garbage collector stays short; a miss costs a client-cache hit and a few tuples.
-    front: BoundedCache[tuple[Any, ...], Front] = field(default_factory=lambda: BoundedCache(4096, 8 << 20))
-    peers: BoundedCache[str | None, bool] = field(default_factory=lambda: BoundedCache(4096, 1 << 20))
+    front: BoundedCache[tuple[Any, ...], Front] = field(init=False)
+    """Request key -> built route, location and decision: few, so a full collection of the garbage collector
+    stays short; a miss costs a client-cache hit and a few tuples."""
+    peers: BoundedCache[str | None, bool] = field(init=False)
+
+    def __post_init__(self) -> None:
+        budget = self.budget
+        self.decisions = BoundedCache(*budget.small(16_384))
+        self.clients = budget.clients()
+        self.front = budget.front()  # type: ignore[assignment]
+        self.peers = BoundedCache(*budget.small(4096))
 
     def trusted_peer(self, peer: str | None) -> bool:
         """Whether *peer* is a configured proxy (memoised: called for every request with forwarding headers)."""
@@ -181,6 +190,7 @@ def build_state(
     proxies = ProxyConfig.from_networks(policy.trusted_proxies, policy.proxy_header)
     restricting = frozenset(name for name, c in policy.classes.items() if c.restricted)
     locator = policy.locator()
+    budget = CacheBudget(policy.cache_mb)
     return State(
         policy=policy,
         locator=locator,
@@ -192,7 +202,7 @@ def build_state(
             vary=("Accept", "Authorization", "Cookie", policy.proxy_header.title()),
             hook=deny_hook,
         ),
-        verifier=TokenVerifier(policy.tokens) if policy.tokens is not None else None,
+        verifier=TokenVerifier(policy.tokens, budget) if policy.tokens is not None else None,
         websocket_grace=policy.tokens.websocket_grace_seconds if policy.tokens is not None else 0.0,
         identity_classes=frozenset(name for name, c in policy.classes.items() if c.persons.kind != "any"),
         restricting=restricting,
@@ -204,6 +214,7 @@ def build_state(
         record_allowed=_record_allowed(policy, restricting),
         health_path=policy.health_path,
         signature=signature(path, policy),
+        budget=budget,
     )
 
 

@@ -32,6 +32,7 @@ from typing import Any, Final
 import jwt
 from jwt.algorithms import get_default_algorithms
 
+from .budget import CacheBudget
 from .cache import BoundedCache
 from .identity import (
     AssuranceRequirements,
@@ -49,8 +50,6 @@ log = logging.getLogger("geofence")
 
 SUPPORTED_ALGORITHMS: Final = tuple(sorted(a for a in get_default_algorithms() if a != "none"))
 # Bounded with CLOCK eviction: a flood of distinct tokens evicts a little at a time, never the hot set at once.
-_IDENTITY_CACHE_ENTRIES: Final = 65_536
-_REJECTED_CACHE_ENTRIES: Final = 16_384
 _REJECTED_SECONDS: Final = 60
 _LATEST_EXPIRY: Final = 253_402_300_800  # 10000-01-01T00:00:00Z
 # Three non-empty base64url segments; each must also be canonical (see _canonical).
@@ -148,11 +147,12 @@ def token_from_scope(scope: Mapping[str, Any], source: str, max_bytes: int) -> s
 class TokenVerifier:
     """Verifies tokens and turns their claims into an :class:`Identity`, with a per-token cache."""
 
-    def __init__(self, config: TokenConfig) -> None:
+    def __init__(self, config: TokenConfig, budget: CacheBudget | None = None) -> None:
         self.config = config
-        self._cache: BoundedCache[bytes, Identity] = BoundedCache(_IDENTITY_CACHE_ENTRIES)
+        self._budget = budget or CacheBudget()
+        self._cache: BoundedCache[bytes, Identity] = BoundedCache(*self._budget.identities())
         # So a replayed bad token costs no signature check: (reason, until).
-        self._rejected: BoundedCache[bytes, tuple[str, float]] = BoundedCache(_REJECTED_CACHE_ENTRIES)
+        self._rejected: BoundedCache[bytes, tuple[str, float]] = BoundedCache(*self._budget.small(16_384))
         self._secret: bytes | None = None
         if config.hmac_secret_env is not None:
             secret = os.environ.get(config.hmac_secret_env)
@@ -192,7 +192,7 @@ class TokenVerifier:
             changed = set(self._keys.by_kid) != {(key.family, key.kid) for key in keys}
             self._keys = KeySet(keys)
             if changed:  # a key withdrawn from the JWKS must stop vouching for cached identities
-                self._cache = BoundedCache(_IDENTITY_CACHE_ENTRIES)
+                self._cache = BoundedCache(*self._budget.identities())
             self._fetched = time.monotonic()
             log.info("geofence: loaded %d signing keys from %s (%s)", len(keys), url, why)
         except Exception as exc:  # never let one surprise kill the refresh thread or the cached keys

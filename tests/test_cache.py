@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import gc
 import threading
+from pathlib import Path
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from geofence.cache import BoundedCache
+from geofence.middleware import GeofenceMiddleware
+from geofence.policy import PolicyError, parse_policy
 
 
 def test_entry_budget_evicts_oldest_unused_first() -> None:
@@ -114,3 +117,34 @@ def test_threads_sharing_a_cache_keep_it_consistent() -> None:
     for thread in threads:
         thread.join()
     _consistent(cache)  # type: ignore[arg-type]
+
+
+def test_the_budget_sizes_every_request_path_cache(country_db: Path) -> None:
+    """``[cache] max_mb`` is one figure per process: each cache's bytes fit in it, and they scale with it."""
+    small = GeofenceMiddleware(_App(), config={**_POLICY(country_db), "cache": {"max_mb": 8}})
+    large = GeofenceMiddleware(_App(), config={**_POLICY(country_db), "cache": {"max_mb": 256}})
+    for middleware, mb in ((small, 8), (large, 256)):
+        state = middleware._live.state
+        assert state is not None and middleware.cache_budget_bytes == mb << 20
+        caches = (state.clients, state.front, state.decisions, state.peers)
+        assert sum(cache.max_bytes for cache in caches) < mb << 20
+        assert state.front.max_entries <= 4096  # built objects stay few, whatever the budget
+    small_state, large_state = small._live.state, large._live.state
+    assert small_state is not None and large_state is not None
+    assert large_state.clients.max_entries // small_state.clients.max_entries == 32
+    assert large_state.locator._cache.maxsize // small_state.locator._cache.maxsize == 32
+
+
+@pytest.mark.parametrize("value", [0, 3, -1, "64", 1.5, True])
+def test_a_budget_below_the_minimum_or_not_an_integer_is_refused(value: object) -> None:
+    with pytest.raises(PolicyError, match=r"cache\.max_mb"):
+        parse_policy({"classes": {"EAR99": {}}, "cache": {"max_mb": value}})
+
+
+class _App:
+    async def __call__(self, scope: object, receive: object, send: object) -> None:
+        pass
+
+
+def _POLICY(database: Path) -> dict[str, object]:
+    return {"geoip": {"databases": [str(database)]}, "classes": {"EAR99": {}}}

@@ -9,7 +9,7 @@ from typing import Any
 import jwt
 import pytest
 
-from geofence import tokens
+from geofence.budget import CacheBudget
 from geofence.identity import IdentityError
 from geofence.policy import parse_policy
 from geofence.tokens import TokenConfig, TokenVerifier, token_from_scope
@@ -123,10 +123,10 @@ def test_identity_without_exp_has_no_expiry(jwks_file: Path) -> None:
 
 
 def test_a_flood_of_distinct_tokens_keeps_the_hot_identity(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(tokens, "_IDENTITY_CACHE_ENTRIES", 64)
     monkeypatch.setenv("GEOFENCE_TEST_SECRET", SECRET)
     verifier = TokenVerifier(TokenConfig(issuer=ISSUER, audience=(AUDIENCE,), algorithms=("HS256",),
-                                         hmac_secret_env="GEOFENCE_TEST_SECRET"))  # fmt: skip
+                                         hmac_secret_env="GEOFENCE_TEST_SECRET"), CacheBudget(1))  # fmt: skip
+    assert verifier._cache.max_entries < 100  # a tiny budget: the flood below overflows it four times
     hot = jwt.encode(claims(sub="hot"), SECRET, algorithm="HS256")
     flood = [jwt.encode(claims(sub=f"user-{i}"), SECRET, algorithm="HS256") for i in range(400)]
     verifier.identity(hot)
@@ -136,14 +136,14 @@ def test_a_flood_of_distinct_tokens_keeps_the_hot_identity(monkeypatch: pytest.M
         if i % 8 == 0:
             verifier.identity(hot)
     assert calls.count("hot") == 0  # never verified again: CLOCK kept it
-    assert len(verifier._cache) <= 64
+    assert len(verifier._cache) <= verifier._cache.max_entries
 
 
 def test_a_flood_of_bad_tokens_keeps_the_remembered_rejection(
     verifier: TokenVerifier, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(tokens, "_REJECTED_CACHE_ENTRIES", 64)
-    verifier = TokenVerifier(verifier.config)
+    verifier = TokenVerifier(verifier.config, CacheBudget(1))
+    assert verifier._rejected.max_entries == 64
     replayed = token(iss="https://evil.example")
     with pytest.raises(IdentityError, match="issuer not accepted"):
         verifier.identity(replayed)
