@@ -106,22 +106,25 @@ class BoundedCache(Generic[K, V]):
                 self.size_bytes -= old & _SIZE_MASK
             # CLOCK, inlined (this runs on every cache miss of the request path): advance the hand, sparing
             # (once, and at most _SECOND_CHANCES times per call) the entries hit since it last passed.
-            chances = _SECOND_CHANCES
-            hand = self._hand
-            while data and (len(data) >= self.max_entries or self.size_bytes + size > self.max_bytes):
-                if hand >= len(used):
-                    hand = 0
-                if hand in at:
-                    if used[hand] and chances:
-                        used[hand] = 0
-                        chances -= 1
-                    else:
-                        victim = at.pop(hand)
-                        del data[victim]
-                        self.size_bytes -= meta.pop(victim) & _SIZE_MASK
-                        free.append(hand)
-                hand += 1
-            self._hand = hand
+            room_entries, room_bytes = self.max_entries, self.max_bytes - size
+            used_bytes = self.size_bytes
+            if data and (len(data) >= room_entries or used_bytes > room_bytes):
+                chances = _SECOND_CHANCES
+                hand, cap = self._hand, len(used)
+                while data and (len(data) >= room_entries or used_bytes > room_bytes):
+                    if hand >= cap:
+                        hand = 0
+                    if hand in at:
+                        if used[hand] and chances:
+                            used[hand] = 0
+                            chances -= 1
+                        else:
+                            victim = at.pop(hand)
+                            del data[victim]
+                            used_bytes -= meta.pop(victim) & _SIZE_MASK
+                            free.append(hand)
+                    hand += 1
+                self._hand = hand
             if free:
                 slot = free.pop()
                 used[slot] = 0
@@ -131,7 +134,7 @@ class BoundedCache(Generic[K, V]):
             at[slot] = key
             data[key] = value
             meta[key] = slot << _SIZE_BITS | size
-            self.size_bytes += size
+            self.size_bytes = used_bytes + size
         return True
 
     def clear(self) -> None:

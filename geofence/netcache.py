@@ -27,6 +27,9 @@ _V4_BUCKET: Final = 96 + 16  # prefix length of an IPv4 bucket (/16), in the 128
 _V6_BUCKET: Final = 32
 _REORDER_EVERY: Final = 256
 _LOW: Final = (1 << 64) - 1
+_SPREAD_BITS: Final = (
+    2  # a network covering up to 4 buckets (an IPv4 /14) is listed in each (measured: more costs inserts)
+)
 
 
 class NetworkCache(Generic[V]):
@@ -115,30 +118,43 @@ class NetworkCache(Generic[V]):
             self._hi[slot], self._lo[slot], self._shifts[slot] = bits >> 64, bits & _LOW, shift
             table[bits] = value
             bucket, bucket_shift = _bucket(key)
-            if shift > bucket_shift:  # shorter than a bucket: probed for every key of its family
+            span = shift - bucket_shift
+            if span > _SPREAD_BITS:  # covers too many buckets: probed for every key of its family
                 self._put_short(bucket_shift, shift)
                 return
-            counts = self._counts
-            counts[bucket] = counts.get(bucket, 0) + 1
-            probe = self._buckets.get(bucket, b"")
-            if shift not in probe:
-                self._buckets[bucket] = probe + bytes((shift,))
+            if span <= 0:
+                self._register(bucket, shift)
+            else:  # shorter than a bucket (an IPv4 /12): listed in each bucket it covers, up to 256
+                first = bucket >> span << span
+                for covered in range(first, first + (1 << span)):
+                    self._register(covered, shift)
+
+    def _register(self, bucket: int, shift: int) -> None:
+        counts = self._counts
+        counts[bucket] = counts.get(bucket, 0) + 1
+        probe = self._buckets.get(bucket, b"")
+        if shift not in probe:
+            self._buckets[bucket] = probe + bytes((shift,))
 
     def _evict(self, slot: int) -> None:
         shift = self._shifts[slot]
         bits = self._hi[slot] << 64 | self._lo[slot]
         del self._by_shift[shift][bits]
         bucket, bucket_shift = _bucket(bits << shift)
-        if shift <= bucket_shift:
-            left = self._counts[bucket] - 1
+        span = shift - bucket_shift
+        if span > _SPREAD_BITS:
+            return  # in the short list, which keeps every length it ever held (a stale one costs one probe)
+        first = bucket >> span << span if span > 0 else bucket
+        for covered in range(first, first + (1 << max(span, 0))):
+            left = self._counts[covered] - 1
             if left:
-                self._counts[bucket] = left
+                self._counts[covered] = left
             else:
-                del self._counts[bucket]
-                del self._buckets[bucket]
+                del self._counts[covered]
+                del self._buckets[covered]
 
     def _put_short(self, bucket_shift: int, shift: int) -> None:
-        """Register the length of a network shorter than a bucket (rare: an IPv4 /12, an IPv6 /24)."""
+        """Register the length of a network that covers more than 256 buckets (rare: an IPv4 /7, an IPv6 /23)."""
         if bucket_shift == 128 - _V4_BUCKET:
             if shift not in self._short4:
                 self._short4 = (*self._short4, shift)

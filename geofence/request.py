@@ -73,31 +73,44 @@ def request_key(
     """
     forwarding: dict[bytes, bytes] | None = None
     host = ""
-    seen_host = False
-    for name, value in scope["headers"]:
-        if name in watched:
-            if forwarding is None:
-                forwarding = {}
-            previous = forwarding.get(name)
-            forwarding[name] = value if previous is None else previous + b"," + value
-        elif needs_host and name == b"host":
-            if seen_host:  # servers and frameworks disagree on which copy wins: refuse to guess
-                raise Refused("the request has more than one Host header")
-            seen_host = True
-            host = value.decode("latin-1")
-    if needs_host and not host:
-        raise Refused("the request has no (or an empty) Host header, and the policy has host rules")
+    if needs_host:
+        seen_host = False
+        for name, value in scope["headers"]:
+            if name in watched:
+                if forwarding is None:
+                    forwarding = {}
+                previous = forwarding.get(name)
+                forwarding[name] = value if previous is None else previous + b"," + value
+            elif name == b"host":
+                if seen_host:  # servers and frameworks disagree on which copy wins: refuse to guess
+                    raise Refused("the request has more than one Host header")
+                seen_host = True
+                host = value.decode("latin-1")
+        if not host:
+            raise Refused("the request has no (or an empty) Host header, and the policy has host rules")
+    else:  # the same loop without the Host checks: this runs for every request
+        for name, value in scope["headers"]:
+            if name in watched:
+                if forwarding is None:
+                    forwarding = {}
+                previous = forwarding.get(name)
+                forwarding[name] = value if previous is None else previous + b"," + value
     client = scope.get("client")
     peer = client[0] if client else None
     path = scope["path"]
     root_path = scope.get("root_path", "")
     method = scope.get("method") or "WEBSOCKET"
+    size = len(method) + len(path) + len(host) + len(root_path)
     if forwarding is None:
-        if len(method) + len(path) + len(host) + len(root_path) > MAX_KEY_BYTES:
+        if size > MAX_KEY_BYTES:
             return None, host, _NO_HEADERS
         return (method, path, root_path, host, peer), host, _NO_HEADERS
-    header_key = tuple(sorted(forwarding.items()))
-    size = len(method) + len(path) + len(host) + len(root_path) + sum(len(v) for v in forwarding.values())
+    if len(forwarding) == 1:  # the usual one header: no sort, no generator
+        header_key = tuple(forwarding.items())
+        size += len(header_key[0][1])
+    else:
+        header_key = tuple(sorted(forwarding.items()))
+        size += sum(len(v) for v in forwarding.values())
     if size > MAX_KEY_BYTES or not trusted_peer(peer):
         return None, host, forwarding
     return (method, path, root_path, host, peer, header_key), host, forwarding

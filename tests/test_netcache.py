@@ -155,3 +155,24 @@ def test_short_and_long_networks_of_both_families() -> None:
     assert cache.get((0x2A00_1451 << 96) | 1) == "v6 /29"
     assert cache.get((0x2A01_0000 << 96) | 99) == "v6 /48"
     assert cache.get((0x2A01_0000 << 96) | (1 << 80)) is None
+
+
+def test_a_network_shorter_than_a_bucket_is_listed_in_each_bucket_it_covers_until_evicted() -> None:
+    """A /14 covers 4 IPv4 /16 buckets: listed in each, a miss there costs one probe per length present, not
+    a probe of every short length; evicting it takes it out of all of them."""
+    cache: NetworkCache[str] = NetworkCache(2)
+    cache.put(v4(10, 16, 0, 1), 96 + 14, "/14")  # 10.16.0.0/14
+    assert cache._short4 == () and len(cache._buckets) == 4
+    assert cache.get(v4(10, 19, 255, 255)) == "/14" and cache.get(v4(10, 16, 0, 0)) == "/14"
+    assert cache.get(v4(10, 20, 0, 0)) is None and cache.get(v4(10, 15, 255, 255)) is None
+    cache.put(v4(8, 8, 8, 8), 96 + 24, "/24")
+    cache.put(v4(9, 9, 9, 9), 96 + 24, "/24 b")  # evicts the /14
+    assert cache.get(v4(10, 17, 0, 0)) is None
+    assert len(cache._buckets) == 2 and sum(cache._counts.values()) == 2
+
+
+def test_a_very_short_network_goes_to_the_short_list() -> None:
+    cache: NetworkCache[str] = NetworkCache(4)
+    cache.put(v4(64, 0, 0, 1), 96 + 2, "/2")  # covers 16,384 buckets: probed as a short length instead
+    assert cache._short4 == (128 - 98,) and not cache._buckets
+    assert cache.get(v4(127, 1, 2, 3)) == "/2" and cache.get(v4(128, 0, 0, 0)) is None
