@@ -25,10 +25,15 @@ test: $(BIN)/geofence
 	$(BIN)/mypy geofence
 	$(BIN)/python -m pytest
 
-bench: $(BIN)/geofence
-	$(BIN)/python benchmarks/lookup.py
-	$(BIN)/python benchmarks/tokens.py
-	$(BIN)/python benchmarks/middleware.py
+# `make bench`: the suite (benchmarks/README.md), then README.md's bench block from its results;
+# `make bench QUICK=1`: the quick run (~1.5 min), which leaves README.md alone.
+$(VENV)/.bench: $(BIN)/geofence pyproject.toml
+	$(BIN)/python -m pip install --quiet -e ".[bench]"
+	@touch $@
+
+bench: $(VENV)/.bench
+	$(BIN)/python benchmarks/suite.py $(if $(QUICK),--quick)
+	$(if $(QUICK),,$(BIN)/python benchmarks/readme.py)
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache
