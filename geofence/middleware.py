@@ -167,29 +167,28 @@ class GeofenceMiddleware:
         except Exception as exc:  # fail closed, and never show the client a traceback
             await self._finish(state, scope, receive, send, self._internal_error(state, scope, exc))
             return
-        if front.plain and (state.stale_at is None or time.time() < state.stale_at):
+        route, where, decision, private, plain = front
+        if plain and (state.stale_at is None or time.time() < state.stale_at):
             # The warm path: an allowed decision with nothing to record.
             scope_state = scope.get("state")
             if scope_state is None:
                 scope_state = scope["state"] = {}
-            scope_state[STATE_KEY] = front.decision
+            scope_state[STATE_KEY] = decision
             scope_state[POLICY_KEY] = state.policy
             scope_state[MIDDLEWARE_KEY] = self
-            scope_state[CLIENT_KEY] = front.where
-            await self.app(scope, receive, private_responses(send) if front.private else send)
+            scope_state[CLIENT_KEY] = where
+            await self.app(scope, receive, private_responses(send) if private else send)
             return
-        decision, private, route = front.decision, front.private, front.route
         if decision is None:
             try:
                 if route.params is None and not route.also:  # a class that needs an identity, one spelling
-                    decision = self._decide(state, scope, route.export_class, route.exempt or front.where.exempt,
-                                            front.where)  # fmt: skip
+                    decision = self._decide(state, scope, route.export_class, route.exempt or where.exempt, where)
                 else:
                     decision, receive = await self._decide_request(state, scope, receive, front)
             except Exception as exc:
                 decision = self._internal_error(state, scope, exc)
             private = scope.get("method") in _CACHEABLE and decision.export_class in state.private_classes
-        await self._finish(state, scope, receive, send, decision, front.where, private)
+        await self._finish(state, scope, receive, send, decision, where, private)
 
     def _miss(
         self, state: State, scope: Scope, key: tuple[Any, ...] | None, host: str, forwarding: Mapping[bytes, bytes]
@@ -199,7 +198,7 @@ class GeofenceMiddleware:
         started = time.perf_counter() if metrics is not None else 0.0
         facts = read_request(scope, key, host, forwarding)
         front, seen = self._front(state, scope, facts)
-        if key is not None and seen:  # admission: a client seen before, not every one-off request
+        if key is not None and seen and state.admit():
             state.front.put(key, front, facts.size)
         if metrics is not None:
             metrics.miss(time.perf_counter() - started)

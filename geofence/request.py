@@ -122,12 +122,18 @@ def read_request(
     """The facts of a request whose key missed the front cache (from :func:`request_key`'s results)."""
     if host and _HOST.fullmatch(host) is None:  # only read when host rules exist; validated once per key
         raise Refused("the request's Host header is not a host name")
-    client = scope.get("client")
-    path = scope["path"]
-    root_path = scope.get("root_path", "")
-    method = scope.get("method") or "WEBSOCKET"
-    size = len(method) + len(path) + len(host) + len(root_path) + sum(len(v) for v in forwarding.values())
-    return _new_facts((method, path, root_path, host, client[0] if client else None, forwarding, key, size))
+    if key is not None:  # it holds them already
+        method, path, root_path, host, peer = key[0], key[1], key[2], key[3], key[4]
+    else:
+        client = scope.get("client")
+        path = scope["path"]
+        root_path = scope.get("root_path", "")
+        method = scope.get("method") or "WEBSOCKET"
+        peer = client[0] if client else None
+    size = len(method) + len(path) + len(host) + len(root_path)
+    if forwarding:
+        size += sum(len(v) for v in forwarding.values())
+    return _new_facts((method, path, root_path, host, peer, forwarding, key, size))
 
 
 def header_request_id(headers: Iterable[tuple[bytes, bytes]]) -> str:

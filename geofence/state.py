@@ -80,11 +80,14 @@ Client = tuple[str | None, int, str | None, str | None, bool, str | None]
 
 def client_key(peer: str | None, forwarding: Mapping[bytes, bytes]) -> str:
     """The client cache's key for a peer and the forwarding headers it sent, as one string: a dict of strings
-    is invisible to the garbage collector (see cache.py). Header values are length-prefixed, so no value can
-    spell another set of headers."""
-    head = "\x00unix" if peer is None else peer
+    is invisible to the garbage collector (see cache.py). The peer and header values are length-prefixed, so
+    no peer or value (a server may copy client text into the peer) can spell another peer or set of headers."""
+    head = "-" if peer is None else f"{len(peer)}:{peer}"
     if not forwarding:
         return head
+    if len(forwarding) == 1:  # the usual one header
+        for name, value in forwarding.items():
+            return f"{head}\x00{name.decode('latin-1')}={len(value)}:{value.decode('latin-1')}"
     parts = [head]
     for name, value in sorted(forwarding.items()):
         parts.append(f"{name.decode('latin-1')}={len(value)}:{value.decode('latin-1')}")
@@ -150,6 +153,7 @@ class State:
     """Request key -> built route, location and decision: few, so a full collection of the garbage collector
     stays short; a miss costs a client-cache hit and a few tuples."""
     peers: BoundedCache[str | None, bool] = field(init=False)
+    admissions: int = 0
 
     def __post_init__(self) -> None:
         budget = self.budget
@@ -157,6 +161,16 @@ class State:
         self.clients = budget.clients()
         self.front = budget.front()  # type: ignore[assignment]
         self.peers = BoundedCache(*budget.small(4096))
+
+    def admit(self) -> bool:
+        """Whether a front-cache miss of a known client goes into the front cache. Always while there is room;
+        when it is full, one miss in four: with far more clients than entries (a cache of built objects is kept
+        small), most inserts would only evict each other, while a client in steady use is still admitted
+        within a few requests."""
+        if len(self.front) < self.front.max_entries:
+            return True
+        self.admissions += 1
+        return self.admissions & 3 == 0
 
     def trusted_peer(self, peer: str | None) -> bool:
         """Whether *peer* is a configured proxy (memoised: called for every request with forwarding headers)."""

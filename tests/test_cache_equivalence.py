@@ -16,6 +16,7 @@ from geofence.decision import Decision, decide
 from geofence.locator import Locator
 from geofence.middleware import GeofenceMiddleware
 from geofence.netcache import NetworkCache
+from geofence.state import client_key, pack_client, unpack_client
 
 from .test_middleware import Recorder, http_scope, policy, run_asgi
 
@@ -78,3 +79,42 @@ def test_cached_and_uncached_decisions_are_the_same(
                 # and as a fresh Locator and decide() see it, without any cache of the middleware's
                 reference = decide(state.policy, decision["export_class"], fresh.lookup(peer))
                 assert reference.as_dict() == decision
+
+
+_HEADERS = st.dictionaries(
+    st.sampled_from([b"x-forwarded-for", b"forwarded", b"x-real-ip"]),
+    st.binary(max_size=12) | st.sampled_from([b"1.2.3.4", b"1.2.3.4\x00x-real-ip=7:5.6.7.8", b"=3:abc"]),
+    max_size=3,
+)
+
+
+@given(
+    a=st.tuples(
+        st.none() | st.sampled_from(["1.2.3.4", "", "-", "4:1.2", "1.2.3.4\x00x-forwarded-for=7:1.2.3.4"]), _HEADERS
+    ),
+    b=st.tuples(
+        st.none() | st.sampled_from(["1.2.3.4", "", "-", "4:1.2", "1.2.3.4\x00x-forwarded-for=7:1.2.3.4"]), _HEADERS
+    ),
+)
+def test_client_keys_are_distinct_for_distinct_peers_and_headers(
+    a: tuple[str | None, dict[bytes, bytes]], b: tuple[str | None, dict[bytes, bytes]]
+) -> None:
+    """The client cache is keyed by one string: no peer and header set may spell another's."""
+    if a != b:
+        assert client_key(*a) != client_key(*b)
+
+
+@given(
+    client=st.tuples(
+        st.none() | st.text(alphabet="0123456789./:abcdef", max_size=20),
+        st.integers(-1, 10**6),
+        st.none() | st.text(max_size=30).filter(bool),
+        st.none() | st.text(alphabet="0123456789./:", max_size=20).filter(bool),
+        st.booleans(),
+        st.none() | st.text(alphabet="0123456789.:abcdef", max_size=39).filter(bool),
+    )
+)
+def test_packed_clients_unpack_to_what_was_packed(client: Any) -> None:
+    network = client[0] or None
+    client = (network, *client[1:])
+    assert unpack_client(pack_client(client)) == client
