@@ -4,12 +4,18 @@ A GeoIP database answers for a whole network at once, so the cache stores one en
 address inside it hits. Per-IP caches (what the surveyed middlewares use) need one miss per client address;
 this one needs one per database network.
 
-Layout: one dict per prefix length, keyed by the network bits (``key >> (128 - prefix)``). Networks at least
-as long as a *bucket* (IPv4 /16, IPv6 /32) lie inside one bucket, so each bucket lists the tables that hold
-its networks and a lookup probes only those (usually one). Shorter networks (an IPv4 /12) are probed in a
-separate, short list. Inserts are O(1). Networks stored are disjoint (cells of one partition of the address
-space), so any hit is the answer. (A sorted array of ranges found by bisection was tried first: inserts cost
-20 µs at 65k entries. Probing every prefix length present costs ~25 dictionary lookups on a miss.)
+Layout: one dict per prefix length, keyed by the network bits (``key >> (128 - prefix)``). Which lengths to
+probe for an address comes from two levels of *buckets*: a network at least as long as a fine bucket (IPv4
+/16, IPv6 /32) lies in one, and is listed there; a network between a coarse bucket (IPv4 /8, IPv6 /16) and a
+fine one is listed in its coarse bucket; only shorter ones (rare) are probed for every address of their
+family. A lookup, hit or miss, so probes the one or two lengths present around the address. Inserts are O(1).
+Networks stored are disjoint (cells of one partition of the address space), so any hit is the answer. (A
+sorted array of ranges found by bisection was tried first: inserts cost 20 µs at 65k entries. With one level
+of buckets, a miss probed every medium length present, ~8 with a country database.)
+
+Nothing here is a tracked container when the values are strings (the locator's are): dicts of ints to strings
+or bytes, and a ring of insertion order in machine-integer arrays. A full collection of the garbage collector
+visits nothing of a full cache (a dict of tuples and a deque of 65,536 entries cost it ~10 ms here).
 """
 
 from __future__ import annotations
@@ -23,37 +29,32 @@ __all__ = ["NetworkCache"]
 V = TypeVar("V")
 
 _V4_TOP: Final = 0xFFFF  # key >> 32 of every IPv4 key (::ffff:0:0/96)
-_V4_BUCKET: Final = 96 + 16  # prefix length of an IPv4 bucket (/16), in the 128-bit key space
-_V6_BUCKET: Final = 32
-_REORDER_EVERY: Final = 256
+# Bucket shifts (128 - prefix length) in the 128-bit key space: fine and coarse, per family.
+_V4_FINE: Final = 128 - (96 + 16)
+_V4_COARSE: Final = 128 - (96 + 8)
+_V6_FINE: Final = 128 - 32
+_V6_COARSE: Final = 128 - 16
 _LOW: Final = (1 << 64) - 1
-_SPREAD_BITS: Final = (
-    2  # a network covering up to 4 buckets (an IPv4 /14) is listed in each (measured: more costs inserts)
-)
 
 
 class NetworkCache(Generic[V]):
     """Map networks (128-bit key space, prefix length 0..128) to values; evict the oldest when full.
 
     Reads take no lock: each probe is one dict lookup of a complete entry, and probe lists are replaced whole.
-    Writers hold a lock. Nothing here is a tracked container when the values are strings (the locator's are):
-    dicts of ints to strings or bytes, a ring of insertion order in machine-integer arrays. A full collection
-    of the garbage collector then visits nothing of a full cache (a dict of tuples and a deque of 65,536
-    entries cost it ~10 ms here). A bucket's probe list (a bytes of shifts) lists every length it held while
-    any network in it is cached (a stale length costs one lookup); a count per bucket drops the list when its
-    last network is evicted.
+    Writers hold a lock. A bucket's probe list (a bytes of shifts) lists every length it held while any network
+    in it is cached (a stale length costs one lookup); a count per bucket drops the list with its last network.
     """
 
     __slots__ = (
-        "_buckets",
         "_by_shift",
+        "_coarse",
         "_count",
         "_counts",
+        "_fine",
         "_hi",
         "_lo",
         "_lock",
         "_next",
-        "_puts",
         "_shifts",
         "_short4",
         "_short6",
@@ -70,28 +71,32 @@ class NetworkCache(Generic[V]):
     def _reset(self) -> None:
         # A new table per length: a reader still holding an old probe list finds nothing stale in them.
         self._by_shift: list[dict[int, V]] = [{} for _ in range(129)]  # 128 - prefix -> network bits -> value
-        self._buckets: dict[int, bytes] = {}  # bucket -> shifts of the lengths present in it
-        self._counts: dict[int, int] = {}  # bucket -> networks cached in it
-        self._short4: tuple[int, ...] = ()  # shifts of IPv4 networks shorter than a bucket, most populated first
-        self._short6: tuple[int, ...] = ()
+        self._fine: dict[int, bytes] = {}  # fine bucket -> shifts of the lengths cached in it
+        self._coarse: dict[int, bytes] = {}  # coarse bucket -> shifts of the medium lengths cached in it
+        self._counts: dict[int, int] = {}  # (bucket << 1 | coarse) -> networks listed under it
+        self._short4: bytes = b""  # shifts of IPv4 networks shorter than a coarse bucket
+        self._short6: bytes = b""
         # Insertion order, a ring: network bits (two 64-bit halves) and shift; the oldest is at _next when full.
         self._hi = array("Q", bytes(8 * self.maxsize))
         self._lo = array("Q", bytes(8 * self.maxsize))
         self._shifts = bytearray(self.maxsize)
         self._next = 0
         self._count = 0
-        self._puts = 0
 
     def __len__(self) -> int:
         return self._count
 
     def get(self, key: int) -> V | None:
-        if key >> 32 == _V4_TOP:
-            bucket, short = key >> 16, self._short4
-        else:
-            bucket, short = key >> 96, self._short6
         by_shift = self._by_shift
-        for shift in self._buckets.get(bucket, b""):
+        if key >> 32 == _V4_TOP:
+            fine, coarse, short = key >> _V4_FINE, key >> _V4_COARSE, self._short4
+        else:
+            fine, coarse, short = key >> _V6_FINE, key >> _V6_COARSE, self._short6
+        for shift in self._fine.get(fine, b""):
+            value = by_shift[shift].get(key >> shift)
+            if value is not None:
+                return value
+        for shift in self._coarse.get(coarse, b""):
             value = by_shift[shift].get(key >> shift)
             if value is not None:
                 return value
@@ -117,64 +122,40 @@ class NetworkCache(Generic[V]):
             self._next = slot + 1 if slot + 1 < self.maxsize else 0
             self._hi[slot], self._lo[slot], self._shifts[slot] = bits >> 64, bits & _LOW, shift
             table[bits] = value
-            bucket, bucket_shift = _bucket(key)
-            span = shift - bucket_shift
-            if span > _SPREAD_BITS:  # covers too many buckets: probed for every key of its family
-                self._put_short(bucket_shift, shift)
-                return
-            if span <= 0:
-                self._register(bucket, shift)
-            else:  # shorter than a bucket (an IPv4 /12): listed in each bucket it covers, up to 256
-                first = bucket >> span << span
-                for covered in range(first, first + (1 << span)):
-                    self._register(covered, shift)
-
-    def _register(self, bucket: int, shift: int) -> None:
-        counts = self._counts
-        counts[bucket] = counts.get(bucket, 0) + 1
-        probe = self._buckets.get(bucket, b"")
-        if shift not in probe:
-            self._buckets[bucket] = probe + bytes((shift,))
+            self._list(key, shift, 1)
 
     def _evict(self, slot: int) -> None:
         shift = self._shifts[slot]
         bits = self._hi[slot] << 64 | self._lo[slot]
         del self._by_shift[shift][bits]
-        bucket, bucket_shift = _bucket(bits << shift)
-        span = shift - bucket_shift
-        if span > _SPREAD_BITS:
-            return  # in the short list, which keeps every length it ever held (a stale one costs one probe)
-        first = bucket >> span << span if span > 0 else bucket
-        for covered in range(first, first + (1 << max(span, 0))):
-            left = self._counts[covered] - 1
-            if left:
-                self._counts[covered] = left
-            else:
-                del self._counts[covered]
-                del self._buckets[covered]
+        self._list(bits << shift, shift, -1)
 
-    def _put_short(self, bucket_shift: int, shift: int) -> None:
-        """Register the length of a network that covers more than 256 buckets (rare: an IPv4 /7, an IPv6 /23)."""
-        if bucket_shift == 128 - _V4_BUCKET:
-            if shift not in self._short4:
-                self._short4 = (*self._short4, shift)
-        elif shift not in self._short6:
-            self._short6 = (*self._short6, shift)
-        self._puts += 1
-        if self._puts % _REORDER_EVERY == 0:  # probe short networks most populated first
-            by_shift = self._by_shift
-            self._short4 = tuple(sorted(self._short4, key=lambda s: -len(by_shift[s])))
-            self._short6 = tuple(sorted(self._short6, key=lambda s: -len(by_shift[s])))
+    def _list(self, key: int, shift: int, change: int) -> None:
+        """List (*change* 1) or unlist (-1) a network of *shift* holding *key* where lookups will probe it."""
+        v4 = key >> 32 == _V4_TOP
+        fine, coarse = (_V4_FINE, _V4_COARSE) if v4 else (_V6_FINE, _V6_COARSE)
+        if shift <= fine:
+            lists, bucket, tag = self._fine, key >> fine, key >> fine << 1
+        elif shift <= coarse:
+            lists, bucket, tag = self._coarse, key >> coarse, key >> coarse << 1 | 1
+        else:  # shorter than a coarse bucket: probed for every address of its family; the list is never pruned
+            if change > 0:
+                if v4 and shift not in self._short4:
+                    self._short4 += bytes((shift,))
+                elif not v4 and shift not in self._short6:
+                    self._short6 += bytes((shift,))
+            return
+        left = self._counts.get(tag, 0) + change
+        if left > 0:
+            self._counts[tag] = left
+            probe = lists.get(bucket, b"")
+            if change > 0 and shift not in probe:
+                lists[bucket] = probe + bytes((shift,))
+        else:
+            del self._counts[tag], lists[bucket]
 
     def clear(self) -> None:
         with self._lock:
             for table in self._by_shift:
                 table.clear()  # a reader still holding the old tables must find nothing in them
             self._reset()
-
-
-def _bucket(key: int) -> tuple[int, int]:
-    """(bucket id, bucket shift) of *key*: IPv4 /16s, IPv6 /32s."""
-    if key >> 32 == _V4_TOP:
-        return key >> (128 - _V4_BUCKET), 128 - _V4_BUCKET
-    return key >> (128 - _V6_BUCKET), 128 - _V6_BUCKET

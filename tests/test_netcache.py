@@ -126,7 +126,7 @@ def test_bucket_lists_stay_bounded_when_every_lookup_is_new() -> None:
     for i in range(20_000):
         cache.put(v4(i >> 8 & 255, i & 255, 0, 0), 96 + 24, i)
     assert len(cache) == 100
-    assert len(cache._buckets) <= 100 and sum(cache._counts.values()) == 100  # a bucket goes with its last network
+    assert len(cache._fine) <= 100 and sum(cache._counts.values()) == 100  # a bucket goes with its last network
     assert cache.get(v4(78, 31, 0, 9)) == 19999
     assert cache.get(v4(0, 1, 0, 9)) is None  # evicted
 
@@ -139,7 +139,7 @@ def test_entries_are_invisible_to_the_garbage_collector() -> None:
         cache.put(v4(i >> 8 & 255, i & 255, 0, 0), 96 + 24, f"{i} net")
     assert len(cache) == 5000
     assert not any(gc.is_tracked(table) for table in cache._by_shift)
-    assert not gc.is_tracked(cache._buckets) and not gc.is_tracked(cache._counts)
+    assert not any(gc.is_tracked(d) for d in (cache._fine, cache._coarse, cache._counts))
     assert all(gc.get_referents(ring) == [type(ring)] for ring in (cache._hi, cache._lo))
 
 
@@ -157,22 +157,22 @@ def test_short_and_long_networks_of_both_families() -> None:
     assert cache.get((0x2A01_0000 << 96) | (1 << 80)) is None
 
 
-def test_a_network_shorter_than_a_bucket_is_listed_in_each_bucket_it_covers_until_evicted() -> None:
-    """A /14 covers 4 IPv4 /16 buckets: listed in each, a miss there costs one probe per length present, not
-    a probe of every short length; evicting it takes it out of all of them."""
+def test_medium_networks_are_listed_in_their_coarse_bucket_until_evicted() -> None:
+    """A /12 lies in one IPv4 /8: listed there, a lookup anywhere in the /8 probes its length (and nothing
+    else); evicting it unlists it."""
     cache: NetworkCache[str] = NetworkCache(2)
-    cache.put(v4(10, 16, 0, 1), 96 + 14, "/14")  # 10.16.0.0/14
-    assert cache._short4 == () and len(cache._buckets) == 4
-    assert cache.get(v4(10, 19, 255, 255)) == "/14" and cache.get(v4(10, 16, 0, 0)) == "/14"
-    assert cache.get(v4(10, 20, 0, 0)) is None and cache.get(v4(10, 15, 255, 255)) is None
+    cache.put(v4(10, 16, 0, 1), 96 + 12, "/12")  # 10.16.0.0/12
+    assert cache._short4 == b"" and len(cache._coarse) == 1 and not cache._fine
+    assert cache.get(v4(10, 31, 255, 255)) == "/12" and cache.get(v4(10, 16, 0, 0)) == "/12"
+    assert cache.get(v4(10, 32, 0, 0)) is None and cache.get(v4(10, 15, 255, 255)) is None
     cache.put(v4(8, 8, 8, 8), 96 + 24, "/24")
-    cache.put(v4(9, 9, 9, 9), 96 + 24, "/24 b")  # evicts the /14
-    assert cache.get(v4(10, 17, 0, 0)) is None
-    assert len(cache._buckets) == 2 and sum(cache._counts.values()) == 2
+    cache.put(v4(9, 9, 9, 9), 96 + 24, "/24 b")  # evicts the /12
+    assert cache.get(v4(10, 20, 0, 0)) is None
+    assert not cache._coarse and len(cache._fine) == 2 and sum(cache._counts.values()) == 2
 
 
 def test_a_very_short_network_goes_to_the_short_list() -> None:
     cache: NetworkCache[str] = NetworkCache(4)
-    cache.put(v4(64, 0, 0, 1), 96 + 2, "/2")  # covers 16,384 buckets: probed as a short length instead
-    assert cache._short4 == (128 - 98,) and not cache._buckets
+    cache.put(v4(64, 0, 0, 1), 96 + 2, "/2")  # wider than a /8: probed for every IPv4 address
+    assert cache._short4 == bytes((128 - 98,)) and not cache._fine and not cache._coarse
     assert cache.get(v4(127, 1, 2, 3)) == "/2" and cache.get(v4(128, 0, 0, 0)) is None
