@@ -21,11 +21,11 @@ MIN_CACHE_MB: Final = 4
 _MB: Final = 1 << 20
 
 # (share of the budget, bytes one entry really costs)
-_CLIENTS: Final = (0.40, 400)  # peer (+ trusted forwarding headers) -> packed client: strings in three dicts
-_NETWORKS: Final = (0.30, 320)  # network -> "facts network": a 128-bit int key, a string, ring and bucket slots
-_FRONT: Final = (0.10, 2500)  # request -> built route, location, decision: the few objects the GC walks
+_CLIENTS: Final = (0.38, 400)  # peer (+ trusted forwarding headers) -> packed client: strings in three dicts
+_NETWORKS: Final = (0.27, 320)  # network -> "facts network": a 128-bit int key, a string, ring and bucket slots
+_FRONT: Final = (0.08, 1300)  # request -> built route, location, decision: the few objects the GC walks
 _FRONT_MAX: Final = 4096  # built objects are walked by every full collection: keep them few whatever the budget
-_IDENTITIES: Final = (0.12, 1600)  # token digest -> verified identity
+_IDENTITIES: Final = (0.18, 1100)  # token digest -> verified identity (~10,000 at the default budget)
 _SMALL: Final = 0.02  # each of: decisions per answer, trusted peers, rejected tokens, route memo
 
 

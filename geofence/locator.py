@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import operator
 import os
+import threading
 from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Final, Self
@@ -37,7 +38,7 @@ class Locator:
     OR-ed. The merged network is the intersection of the databases' networks.
     """
 
-    __slots__ = ("_cache", "_databases", "_fact_ids", "_facts")
+    __slots__ = ("_cache", "_databases", "_fact_ids", "_facts", "_interning")
 
     def __init__(
         self,
@@ -69,6 +70,7 @@ class Locator:
         self._cache: NetworkCache[str] = NetworkCache(cache_size)
         self._facts: list[tuple[object, ...]] = []
         self._fact_ids: dict[tuple[object, ...], int] = {}
+        self._interning = threading.Lock()  # a new answer only: two threads must not take the same id
 
     @property
     def databases(self) -> tuple[GeoDatabase, ...]:
@@ -111,10 +113,13 @@ class Locator:
         """The id of *facts* (a Location's fields but the network), one per distinct answer."""
         facts_id = self._fact_ids.get(facts)
         if facts_id is None:
-            if len(self._facts) >= _MAX_FACTS:
-                raise DatabaseError(f"more than {_MAX_FACTS} distinct answers in the configured databases")
-            facts_id = self._fact_ids[facts] = len(self._facts)
-            self._facts.append(facts)
+            with self._interning:
+                facts_id = self._fact_ids.get(facts)
+                if facts_id is None:
+                    if len(self._facts) >= _MAX_FACTS:
+                        raise DatabaseError(f"more than {_MAX_FACTS} distinct answers in the configured databases")
+                    self._facts.append(facts)  # before the id is published: a reader never indexes past the end
+                    facts_id = self._fact_ids[facts] = len(self._facts) - 1
         return facts_id
 
     def _resolve(self, key: int, ipv4_text: str | None = None) -> tuple[str, int]:

@@ -256,10 +256,9 @@ class RouteTable:
             exempt = f"path matches exempt {self._exempt_globs[int(hit.lastgroup[1:])]}"
         subject = f"{method} {host} {path}"
         found = self._index.candidates(method, path)
-        match = found.pattern.fullmatch(subject) if found.pattern is not None else None
-        if match is None or match.lastgroup is None:
+        first = found.first(subject)
+        if first is None:
             return Route(self.default_class, None, None, exempt)
-        first = int(match.lastgroup[1:])
         rule = self._rules[first]
         if self._params[first].source == "":
             return Route(rule.export_class, rule, None, exempt)

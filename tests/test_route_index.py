@@ -321,15 +321,26 @@ def test_literal_segments(glob: str, segments: tuple[str, ...]) -> None:
     assert route_index.literal_segments(glob) == segments
 
 
-def test_compiled_alternations_are_held_to_a_budget(monkeypatch: pytest.MonkeyPatch) -> None:
-    route_index = pytest.importorskip("geofence.route_index")
-    monkeypatch.setattr(route_index, "_COMPILED_BYTES", 300)  # a few alternations at a time
-    rules = [RouteRule("/*/any/**", "ROOT", index=0)]
-    rules += [RouteRule(f"/v1/m{i}/**", f"C{i}", index=i + 1) for i in range(50)]
-    table = RouteTable(rules, DEFAULT)
-    for _ in range(2):
-        for i in range(50):
-            assert table.classify("GET", "", f"/v1/m{i}/x").rule is rules[i + 1]
-            assert table.classify("GET", "", f"/v1/any/m{i}").rule is rules[0]
-            assert table._index._compiled_bytes <= 300
-    check(rules, "GET", "", "/v1/m7")
+def test_every_alternation_is_compiled_when_the_policy_loads_and_root_rules_only_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Rules filed at the root lie on every path's way: compiled once, not into every node's alternation; and
+    nothing is compiled on the request path, whatever paths clients walk."""
+    rules = [RouteRule(f"**/secret{i}/**", "RESTRICTED", index=i) for i in range(50)]
+    rules += [RouteRule(f"/api{i}/**", "RESTRICTED", index=50 + i) for i in range(200)]
+    compiled: list[str] = []
+    real = re.compile
+
+    def counting(pattern: str, flags: int = 0) -> re.Pattern[str]:
+        compiled.append(pattern)
+        return real(pattern, flags)
+
+    monkeypatch.setattr(re, "compile", counting)
+    table = RouteTable(rules, "EAR99")
+    alternations = [p for p in compiled if p.startswith("(?P<r")]
+    assert sum(p.count("secret") for p in alternations) <= 2 * 50  # the root's alternation, and the all-rules one
+    compiled.clear()
+    for i in range(200):
+        assert table.classify("GET", "", f"/api{i}/new/{i}").export_class == "RESTRICTED"
+    assert table.classify("GET", "", "/api7/x/secret3/y").rule == rules[3]  # a root rule first in policy order
+    assert compiled == []
