@@ -150,6 +150,38 @@ def _geoip2_facts(record: Mapping[str, Any], where: str) -> Facts:
     )
 
 
+_ABSENT: Final = object()
+_MEMO_ENTRIES: Final = 1 << 16  # distinct answers remembered per database (a city database has ~10^4)
+
+
+def _geoip2_key(record: Mapping[str, Any]) -> tuple[Any, ...] | None:
+    """Everything :func:`_geoip2_facts` reads of *record*, as a key, or None when a part is not plain data
+    (then the record is adapted, and validated, in full). A city record decodes to ~40 values (names in eight
+    languages, coordinates, postal code) of which a decision uses a handful: adapting them costs ~5 µs, more
+    than reading the record; looking the answer up by them costs a fraction of that."""
+    country, registered, represented = record.get("country"), record.get("registered_country"), None
+    if "represented_country" in record:
+        represented = record["represented_country"]
+    raw, traits = record.get("subdivisions"), record.get("traits")
+    for part in (country, registered, represented, traits):
+        if part is not None and type(part) is not dict:
+            return None
+    subdivisions = None
+    if raw is not None:
+        if type(raw) is not list:
+            return None
+        subdivisions = tuple([sub.get("iso_code", _ABSENT) if type(sub) is dict else _ABSENT for sub in raw])
+        if _ABSENT in subdivisions and any(type(sub) is not dict for sub in raw):
+            return None
+    return (
+        country.get("iso_code") if country else None,
+        registered.get("iso_code") if registered else None,
+        (represented.get("iso_code"), represented.get("type", _ABSENT)) if represented else None,
+        subdivisions,
+        tuple([traits.get(name, _ABSENT) for name in _ANONYMIZER_KEYS]) if traits else None,
+    )
+
+
 def _anonymous_facts(record: Mapping[str, Any], where: str) -> Facts:
     """GeoIP2 Anonymous IP and GeoIP Anonymous Plus records (flags at the top level)."""
     return Facts(anonymizer=_anonymizer(record, where))
@@ -195,7 +227,17 @@ class GeoDatabase:
     database is known not to be an anonymizer.
     """
 
-    __slots__ = ("_extract", "anonymizer_capable", "has_ipv4", "info", "infos", "ip_version", "metadata", "reader")
+    __slots__ = (
+        "_extract",
+        "_memo",
+        "anonymizer_capable",
+        "has_ipv4",
+        "info",
+        "infos",
+        "ip_version",
+        "metadata",
+        "reader",
+    )
 
     def __init__(self, reader: Any, info: DatabaseInfo, metadata: Any, has_ipv4: bool = True) -> None:
         self.reader = reader
@@ -207,6 +249,7 @@ class GeoDatabase:
         """False for an IPv6 database without an IPv4 subtree: it says nothing about IPv4 addresses."""
         self.anonymizer_capable = info.schema == "anonymous"
         self._extract = _SCHEMAS[info.schema]
+        self._memo: dict[tuple[Any, ...], Facts] | None = {} if info.schema == "geoip2" else None
 
     def facts(self, record: Any) -> Facts:
         """Adapt one raw record; an empty record means the database has nothing for that network."""
@@ -214,7 +257,19 @@ class GeoDatabase:
             return _NO_FACTS
         if type(record) is not dict and not isinstance(record, Mapping):  # the exact check first: ABCs are slow
             raise DatabaseError(f"{self.info.path}: unexpected record {type(record).__name__} (corrupt database?)")
-        return self._extract(record, self.info.path)
+        memo = self._memo
+        if memo is None:
+            return self._extract(record, self.info.path)
+        key = _geoip2_key(record)
+        try:
+            found = memo.get(key) if key is not None else None
+        except TypeError:  # an unhashable value where a code belongs: adapted in full (and refused) below
+            key = found = None
+        if found is None:
+            found = self._extract(record, self.info.path)
+            if key is not None and len(memo) < _MEMO_ENTRIES:
+                memo[key] = found
+        return found
 
     def close(self) -> None:
         self.reader.close()

@@ -473,3 +473,29 @@ def test_a_single_path_is_accepted(country_db: Path) -> None:
 def test_lookup_key_rejects_what_is_not_a_key(country_db: Path, key: object) -> None:
     with Locator([country_db]) as locator, pytest.raises(InvalidAddressError):
         locator.lookup_key(key)  # type: ignore[arg-type]
+
+
+def test_geoip2_records_are_adapted_once_per_answer_and_bad_ones_still_refused(city_db: Path) -> None:
+    """City records carry dozens of values a decision never reads: the adapted facts are remembered by the few
+    it does read, and a record that only looks like a remembered one is still validated (and refused)."""
+    with Locator([city_db]) as locator:
+        db = locator.databases[0]
+        plain = {"country": {"iso_code": "UA", "names": {"en": "Ukraine"}}, "subdivisions": [{"iso_code": "43"}]}
+        renamed = {"country": {"iso_code": "UA", "names": {"en": "Україна"}}, "subdivisions": [{"iso_code": "43"}],
+                   "city": {"names": {"en": "Kyiv"}}, "location": {"latitude": 50.45}}  # fmt: skip
+        first = db.facts(plain)
+        assert db.facts(renamed) is first and first.subdivisions == ("UA-43",)
+        for bad in (
+            {"country": {"iso_code": "UA"}, "subdivisions": [{"iso_code": ["43"]}]},  # unhashable code
+            {"country": {"iso_code": "UA"}, "subdivisions": ["43"]},  # not a map
+            {"country": {"iso_code": "UA"}, "subdivisions": [{"iso_code": "4-3"}]},
+            {"country": "UA"},
+            {"country": {"iso_code": "UA"}, "traits": {"is_anonymous_vpn": "yes"}},
+        ):
+            with pytest.raises(DatabaseError):
+                db.facts(bad)
+        flagged = db.facts({"country": {"iso_code": "UA"}, "traits": {"is_anonymous_vpn": True}})
+        assert flagged.anonymizer is not None and flagged.anonymizer.vpn
+        assert (
+            db.facts({"country": {"iso_code": "UA"}, "traits": {"is_anonymous_vpn": False}}).anonymizer == Anonymizer()
+        )
