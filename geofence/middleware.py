@@ -170,13 +170,7 @@ class GeofenceMiddleware:
         route, where, decision, private, plain = front
         if plain and (state.stale_at is None or time.time() < state.stale_at):
             # The warm path: an allowed decision with nothing to record.
-            scope_state = scope.get("state")
-            if scope_state is None:
-                scope_state = scope["state"] = {}
-            scope_state[STATE_KEY] = decision
-            scope_state[POLICY_KEY] = state.policy
-            scope_state[MIDDLEWARE_KEY] = self
-            scope_state[CLIENT_KEY] = where
+            _publish(scope, decision, state.policy, self, where)
             await self.app(scope, receive, private_responses(send) if private else send)
             return
         if decision is None:
@@ -235,13 +229,7 @@ class GeofenceMiddleware:
             # and the first write that succeeds clears the failure)
             detail = "audit trail failing (on_failure = deny)"
             decision = error_decision(state.policy, decision.export_class, detail, code=AUDIT_UNAVAILABLE)
-        scope_state = scope.get("state")
-        if scope_state is None:
-            scope_state = scope["state"] = {}
-        scope_state[STATE_KEY] = decision
-        scope_state[POLICY_KEY] = state.policy
-        scope_state[MIDDLEWARE_KEY] = self
-        scope_state[CLIENT_KEY] = where
+        scope_state = _publish(scope, decision, state.policy, self, where)
         client = where.client if where is not None else None
         if decision.allowed:
             if decision.reasons and decision.would_deny:
@@ -425,6 +413,21 @@ class GeofenceMiddleware:
         except Exception:
             log.exception("geofence: deny_response hook failed; sending the standard denial")
             return denial_response(decision, dataclasses.replace(state.responses, hook=None), accept)
+
+
+def _publish(
+    scope: Scope, decision: Decision | None, policy: Policy, middleware: GeofenceMiddleware, where: Where | None
+) -> dict[str, Any]:
+    """Put the decision, the policy, the middleware and the resolved client where the app and the per-endpoint
+    helpers read them (``scope["state"]``); returns that dict."""
+    scope_state = scope.get("state")
+    if scope_state is None:
+        scope_state = scope["state"] = {}
+    scope_state[STATE_KEY] = decision
+    scope_state[POLICY_KEY] = policy
+    scope_state[MIDDLEWARE_KEY] = middleware
+    scope_state[CLIENT_KEY] = where
+    return scope_state
 
 
 def _with_location(decision: Decision, location: Location) -> Decision:

@@ -73,28 +73,20 @@ def request_key(
     """
     forwarding: dict[bytes, bytes] | None = None
     host = ""
-    if needs_host:
-        seen_host = False
-        for name, value in scope["headers"]:
-            if name in watched:
-                if forwarding is None:
-                    forwarding = {}
-                previous = forwarding.get(name)
-                forwarding[name] = value if previous is None else previous + b"," + value
-            elif name == b"host":
-                if seen_host:  # servers and frameworks disagree on which copy wins: refuse to guess
-                    raise Refused("the request has more than one Host header")
-                seen_host = True
-                host = value.decode("latin-1")
-        if not host:
-            raise Refused("the request has no (or an empty) Host header, and the policy has host rules")
-    else:  # the same loop without the Host checks: this runs for every request
-        for name, value in scope["headers"]:
-            if name in watched:
-                if forwarding is None:
-                    forwarding = {}
-                previous = forwarding.get(name)
-                forwarding[name] = value if previous is None else previous + b"," + value
+    seen_host = False
+    for name, value in scope["headers"]:
+        if name in watched:
+            if forwarding is None:
+                forwarding = {}
+            previous = forwarding.get(name)
+            forwarding[name] = value if previous is None else previous + b"," + value
+        elif needs_host and name == b"host":
+            if seen_host:  # servers and frameworks disagree on which copy wins: refuse to guess
+                raise Refused("the request has more than one Host header")
+            seen_host = True
+            host = value.decode("latin-1")
+    if needs_host and not host:
+        raise Refused("the request has no (or an empty) Host header, and the policy has host rules")
     client = scope.get("client")
     peer = client[0] if client else None
     path = scope["path"]
