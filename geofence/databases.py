@@ -151,7 +151,7 @@ def _geoip2_facts(record: Mapping[str, Any], where: str) -> Facts:
 
 
 _ABSENT: Final = object()
-_MEMO_ENTRIES: Final = 1 << 16  # distinct answers remembered per database (a city database has ~10^4)
+_MEMO_ENTRIES: Final = 1 << 14  # distinct answers remembered per database (~10 MB; a city database has ~10^4)
 
 
 def _geoip2_key(record: Mapping[str, Any]) -> tuple[Any, ...] | None:
@@ -173,12 +173,18 @@ def _geoip2_key(record: Mapping[str, Any]) -> tuple[Any, ...] | None:
         subdivisions = tuple([sub.get("iso_code", _ABSENT) if type(sub) is dict else _ABSENT for sub in raw])
         if _ABSENT in subdivisions and any(type(sub) is not dict for sub in raw):
             return None
+    flags = None
+    if traits:
+        flags = tuple([traits.get(name, _ABSENT) for name in _ANONYMIZER_KEYS])
+        for flag in flags:  # 1 == True and hashes alike, but only a bool is a flag: anything else in full
+            if flag is not _ABSENT and flag is not True and flag is not False:
+                return None
     return (
         country.get("iso_code") if country else None,
         registered.get("iso_code") if registered else None,
         (represented.get("iso_code"), represented.get("type", _ABSENT)) if represented else None,
         subdivisions,
-        tuple([traits.get(name, _ABSENT) for name in _ANONYMIZER_KEYS]) if traits else None,
+        flags,
     )
 
 

@@ -122,7 +122,7 @@ class NetworkCache(Generic[V]):
             self._next = slot + 1 if slot + 1 < self.maxsize else 0
             self._hi[slot], self._lo[slot], self._shifts[slot] = bits >> 64, bits & _LOW, shift
             table[bits] = value
-            self._list(key, shift, 1)
+            self._list(bits << shift, shift, 1)  # as _evict will: by the network's first address
 
     def _evict(self, slot: int) -> None:
         shift = self._shifts[slot]

@@ -80,13 +80,14 @@ def literal_segments(glob: str) -> tuple[str, ...]:
 
 
 class _Node:
-    __slots__ = ("children", "found", "parent", "rules")
+    __slots__ = ("children", "own", "parent", "pattern", "rules")
 
     def __init__(self, parent: _Node | None) -> None:
         self.children: dict[str, _Node] = {}
         self.parent = parent
         self.rules: list[int] = []
-        self.found = _NONE  # the candidates of a path that ends its walk here
+        self.own: tuple[int, ...] = ()
+        self.pattern: re.Pattern[str] | None = None  # the alternation of this node's own rules
 
 
 _NONE: Final = Candidates((), ())
@@ -95,10 +96,10 @@ _NONE: Final = Candidates((), ())
 class RouteIndex:
     """Route rules filed by literal leading path segments; :meth:`candidates` is what runs per request."""
 
-    __slots__ = ("_depth", "_everything", "_root")
+    __slots__ = ("_depth", "_everything", "_regexes", "_root")
 
     def __init__(self, rules: Sequence[IndexedRule]) -> None:
-        regexes = tuple(rule.regex for rule in rules)
+        self._regexes = regexes = tuple(rule.regex for rule in rules)
         self._root = _Node(None)
         nodes = [self._root]
         self._depth = 0
@@ -116,27 +117,32 @@ class RouteIndex:
                         nodes.append(child)
                     node = child
             node.rules.append(i)
-        for node in nodes:  # parents come first: created before their children
-            inherited = node.parent.found if node.parent is not None else _NONE
+        for node in nodes:
             if node.rules:
-                own = tuple(node.rules)
-                node.found = Candidates((*inherited.patterns, _compile(regexes, own)), (*inherited.nodes, own))
-            else:
-                node.found = inherited
-        everything = tuple(range(len(regexes)))
-        self._everything = Candidates((_compile(regexes, everything),), (everything,)) if regexes else _NONE
+                node.own = tuple(node.rules)
+                node.pattern = _compile(regexes, node.own)
+        self._everything: Candidates | None = None  # for a method holding a space (no client sends one honestly)
 
     def candidates(self, method: str, path: str) -> Candidates:
         """Every rule that can match *method* and *path* with a host that holds no space (as routes send)."""
         if " " in method:  # the fields of the subject blur: any rule may match
+            if self._everything is None:
+                everything = tuple(range(len(self._regexes)))
+                self._everything = (
+                    Candidates((_compile(self._regexes, everything),), (everything,)) if everything else _NONE
+                )
             return self._everything
         node = self._root
+        patterns, owns = ([node.pattern], [node.own]) if node.pattern is not None else ([], [])
         for segment in path.split("/", self._depth):  # a last piece holding "/" is deeper than any rule's key
             child = node.children.get(segment)
             if child is None:
                 break
             node = child
-        return node.found
+            if node.pattern is not None:
+                patterns.append(node.pattern)
+                owns.append(node.own)
+        return Candidates(tuple(patterns), tuple(owns)) if patterns else _NONE
 
 
 def _compile(regexes: tuple[str, ...], rules: tuple[int, ...]) -> re.Pattern[str]:

@@ -499,3 +499,31 @@ def test_geoip2_records_are_adapted_once_per_answer_and_bad_ones_still_refused(c
         assert (
             db.facts({"country": {"iso_code": "UA"}, "traits": {"is_anonymous_vpn": False}}).anonymizer == Anonymizer()
         )
+
+
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [
+        ({"is_anonymous_proxy": 1}, {"is_anonymous_proxy": True}),  # 1 == True, and hashes alike
+        ({"is_anonymous_vpn": 0}, {"is_anonymous_vpn": False}),
+        ({"is_anonymous_vpn": 1.0}, {"is_anonymous_vpn": True}),
+    ],
+)
+def test_the_memo_never_confuses_a_number_with_a_flag(city_db: Path, first: dict, second: dict) -> None:
+    """Only a bool is a flag: whichever record comes first, each gets what adapting it afresh gives."""
+    from geofence.databases import _geoip2_facts
+
+    for order in ((first, second), (second, first)):
+        with Locator([city_db]) as locator:
+            db = locator.databases[0]
+            for traits in order:
+                record = {"country": {"iso_code": "GB"}, "traits": traits}
+                try:
+                    expected: object = _geoip2_facts(record, "x")
+                except DatabaseError:
+                    expected = DatabaseError
+                try:
+                    got: object = db.facts(record)
+                except DatabaseError:
+                    got = DatabaseError
+                assert got == expected, (order, traits)

@@ -176,3 +176,13 @@ def test_a_very_short_network_goes_to_the_short_list() -> None:
     cache.put(v4(64, 0, 0, 1), 96 + 2, "/2")  # wider than a /8: probed for every IPv4 address
     assert cache._short4 == bytes((128 - 98,)) and not cache._fine and not cache._coarse
     assert cache.get(v4(127, 1, 2, 3)) == "/2" and cache.get(v4(128, 0, 0, 0)) is None
+
+
+def test_a_network_is_unlisted_by_the_address_it_was_listed_by() -> None:
+    """Listed and unlisted by its first address, whatever key it was put with (a network crossing the IPv4
+    space is never made by the locator, but must not wedge the cache)."""
+    cache: NetworkCache[str] = NetworkCache(1)
+    cache.put(0xFFFF << 32 | 0x01020304, 32, "::/32")
+    cache.put(0xFFFF << 32 | 0x08080808, 120, "/24")  # evicts the first
+    cache.put(v4(9, 9, 9, 9), 96 + 24, "/24 b")
+    assert cache.get(v4(9, 9, 9, 1)) == "/24 b" and len(cache) == 1 and sum(cache._counts.values()) == 1

@@ -344,3 +344,13 @@ def test_every_alternation_is_compiled_when_the_policy_loads_and_root_rules_only
         assert table.classify("GET", "", f"/api{i}/new/{i}").export_class == "RESTRICTED"
     assert table.classify("GET", "", "/api7/x/secret3/y").rule == rules[3]  # a root rule first in policy order
     assert compiled == []
+
+
+def test_the_all_rules_alternation_is_compiled_only_for_a_method_with_a_space() -> None:
+    """No client sends such a method honestly: its alternation of every rule is not built at load."""
+    table = RouteTable([RouteRule(f"/api{i}/**", "RESTRICTED", index=i) for i in range(50)], "EAR99")
+    assert table._index._everything is None
+    assert table.classify("GET", "", "/api7/x").export_class == "RESTRICTED"
+    assert table._index._everything is None
+    assert table.classify("G ET", "", "/api7/x").export_class in ("RESTRICTED", "EAR99")
+    assert table._index._everything is not None
