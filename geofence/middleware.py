@@ -20,14 +20,12 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import re
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping
 from functools import partial
 from typing import Any, Final
 
 from .asgi import buffer_body, expiring_websocket, header, private_responses, refuse_lifespan, send_denial, send_json
-from .client_ip import resolve_client
 from .decision import AUDIT_UNAVAILABLE, ERROR, Decision, Reason, decide, error_decision
 from .errors import GeofenceError
 from .freshness import stale_decision, stale_message
@@ -40,7 +38,8 @@ from .reloader import Reloader
 from .request import Refused, RequestFacts, read_request, request_key
 from .responses import DenialResponse, ResponseConfig, denial_response
 from .routes import Route
-from .state import Client, Front, State, Where, client_key, new_front, new_where, pack_client, unpack_client
+from .state import Front, State, Where, new_front, new_where
+from .where import ChainWarnings, client_key, locate_client, pack_client, unpack_client
 
 __all__ = ["GeofenceMiddleware", "IdentityResolver"]
 
@@ -61,8 +60,6 @@ CLIENT_KEY: Final = "geofence.client"
 """The resolved client (location, why there is none, exempt network, broken chain) for per-endpoint checks."""
 _INTERNAL_ERROR_CLASS: Final = "unknown"
 _CACHEABLE: Final = frozenset({"GET", "HEAD"})  # what shared caches store without explicit opt-in
-_MAX_WARNINGS: Final = 16
-_VARIABLE: Final = re.compile(r"'[^']*'|\"[^\"]*\"|\S*\d\S*")  # quoted values, addresses, numbers
 
 
 class GeofenceMiddleware:
@@ -93,7 +90,7 @@ class GeofenceMiddleware:
         self.app = app
         self._identity = identity
         self.recorder = DecisionRecorder(on_decision)
-        self._warned: set[str] = set()
+        self._warnings = ChainWarnings()
         self._live = Reloader(config, deny_response, watch=reload, interval=reload_interval)
 
     @property
@@ -279,7 +276,7 @@ class GeofenceMiddleware:
         packed = state.clients.get(where_key) if where_key is not None else None
         seen = packed is not None
         if packed is None:
-            client = self._locate(state, scope, facts)
+            client = locate_client(scope, facts.forwarding, state.proxies, state.locator, state.policy, self._warnings)
             if where_key is not None:
                 state.clients.put(where_key, pack_client(client), 2 * len(where_key) + 80)
         else:
@@ -359,28 +356,6 @@ class GeofenceMiddleware:
         decision = decide(state.policy, export_class, location, identity, exempt=exempt)
         state.decisions.put(cache_key, (identity, decision))
         return decision
-
-    def _locate(self, state: State, scope: Scope, facts: RequestFacts) -> Client:
-        """Client address -> location, as plain values (the client cache holds many: the garbage collector must
-        not have to walk them). A database error propagates (and is not cached)."""
-        client = resolve_client(scope, state.proxies, facts.forwarding)
-        if client.broken:
-            problem = client.problem or "broken proxy chain"
-            self._warn_once(problem)
-            return (None, -1, problem, None, True, None)
-        if client.key is None:
-            return (None, -1, f"client address unknown: {client.problem}", None, False, None)
-        text = client.text
-        network, facts_id = state.locator.locate(client.key, text if text is not None and ":" not in text else None)
-        return (network, facts_id, None, state.policy.exempt_network(client.key), False, text)
-
-    def _warn_once(self, problem: str) -> None:
-        """A broken proxy chain is a deployment problem: say what to change, once per kind, not per request
-        (the kind leaves out quoted values and addresses, so forged addresses cannot use up the warnings)."""
-        kind = _VARIABLE.sub("", problem)[:80]
-        if kind not in self._warned and len(self._warned) < _MAX_WARNINGS:
-            self._warned.add(kind)
-            log.warning("geofence: denying requests on restricted classes: %s", printable(problem, 400))
 
     def identity_of(self, scope: Scope) -> tuple[Identity | None, str | None]:
         """The verified identity of a request (or why it was rejected): from the app's resolver, else tokens."""

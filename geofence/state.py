@@ -31,17 +31,13 @@ from .routes import Route
 from .tokens import TokenVerifier
 
 __all__ = [
-    "Client",
     "Front",
     "State",
     "Where",
     "build_state",
-    "client_key",
     "new_front",
     "new_where",
-    "pack_client",
     "signature",
-    "unpack_client",
 ]
 
 
@@ -71,40 +67,6 @@ class Front(NamedTuple):
     plain: bool
     """The decision is an allow with nothing to record or check per request (no reasons, not audited, no
     audit-failure rule): the middleware's shortest path."""
-
-
-Client = tuple[str | None, int, str | None, str | None, bool, str | None]
-"""A resolved client: (network, facts id, problem, exempt, broken, client text), the atoms of a :class:`Where`
-(see :meth:`Locator.locate`)."""
-
-
-def client_key(peer: str | None, forwarding: Mapping[bytes, bytes]) -> str:
-    """The client cache's key for a peer and the forwarding headers it sent, as one string: a dict of strings
-    is invisible to the garbage collector (see cache.py). The peer and header values are length-prefixed, so
-    no peer or value (a server may copy client text into the peer) can spell another peer or set of headers."""
-    head = "-" if peer is None else f"{len(peer)}:{peer}"
-    if not forwarding:
-        return head
-    if len(forwarding) == 1:  # the usual one header
-        for name, value in forwarding.items():
-            return f"{head}\x00{name.decode('latin-1')}={len(value)}:{value.decode('latin-1')}"
-    parts = [head]
-    for name, value in sorted(forwarding.items()):
-        parts.append(f"{name.decode('latin-1')}={len(value)}:{value.decode('latin-1')}")
-    return "\x00".join(parts)
-
-
-def pack_client(client: Client) -> str:
-    """*client* as the client cache keeps it (one string; the problem, which may quote anything, last)."""
-    network, facts_id, problem, exempt, broken, text = client
-    return (
-        f"{facts_id}\x00{network or ''}\x00{exempt or ''}\x00{'b' if broken else ''}\x00{text or ''}\x00{problem or ''}"
-    )
-
-
-def unpack_client(packed: str) -> Client:
-    facts_id, network, exempt, broken, text, problem = packed.split("\x00", 5)
-    return (network or None, int(facts_id), problem or None, exempt or None, broken == "b", text or None)
 
 
 new_where: Callable[[tuple[Any, ...]], Where] = partial(tuple.__new__, Where)
@@ -148,7 +110,8 @@ class State:
     decisions: BoundedCache[tuple[str, int, int, str | None], tuple[Any, Decision]] = field(init=False)
     """(class, location facts id, identity object id, exempt) -> (identity, decision): few entries."""
     clients: BoundedCache[str, str] = field(init=False)
-    """``client_key -> pack_client``: strings only, so a full cache costs the garbage collector nothing."""
+    """``client_key -> pack_client`` (see where.py): strings only, so a full cache costs the garbage collector
+    nothing."""
     front: BoundedCache[tuple[Any, ...], Front] = field(init=False)
     """Request key -> built route, location and decision: few, so a full collection of the garbage collector
     stays short; a miss costs a client-cache hit and a few tuples."""

@@ -16,7 +16,7 @@ from geofence.decision import Decision, decide
 from geofence.locator import Locator
 from geofence.middleware import GeofenceMiddleware
 from geofence.netcache import NetworkCache
-from geofence.state import client_key, pack_client, unpack_client
+from geofence.where import client_key, pack_client, unpack_client
 
 from .test_middleware import Recorder, http_scope, policy, run_asgi
 
