@@ -153,7 +153,7 @@ class GeofenceMiddleware:
             metrics = state.metrics
             if metrics is not None:
                 metrics.pending += 1  # a plain integer here; prometheus gets it off the warm path
-            key, host, forwarding = request_key(scope, state.watched, state.needs_host, state.trusted_peer)
+            key, host, forwarding = request_key(scope, state.watched, state.needs_host, state.peer_trusted)
             front = state.front.get(key) if key is not None else None
             if front is None:
                 front = self._miss(state, scope, key, host, forwarding)

@@ -117,8 +117,10 @@ class State:
     stays short; a miss costs a client-cache hit and a few tuples."""
     peers: BoundedCache[str | None, bool] = field(init=False)
     admissions: int = 0
+    peer_trusted: Callable[[str | None], bool] = field(init=False)
 
     def __post_init__(self) -> None:
+        self.peer_trusted = self.trusted_peer  # bound once: the request path passes it on every request
         budget = self.budget
         self.decisions = BoundedCache(*budget.small(16_384))
         self.clients = budget.clients()
