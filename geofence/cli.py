@@ -82,7 +82,7 @@ def _parser() -> argparse.ArgumentParser:
     lookup.add_argument("--json", action="store_true", help="one JSON object per address per line")
     lookup.set_defaults(handler=_lookup)
 
-    db = commands.add_parser("db", help="inspect GeoIP databases").add_subparsers(title="db commands", metavar="CMD")
+    db = _group(commands, "db", "inspect GeoIP databases")
     info = db.add_parser(
         "info",
         help="show a database's type, build date and age",
@@ -129,9 +129,7 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--json", action="store_true", help="print the decision as JSON")
     check.set_defaults(handler=lambda args: EXIT_OK if check_command(args) else EXIT_DENIED)
 
-    policy = commands.add_parser("policy", help="work with policy files").add_subparsers(
-        title="policy commands", metavar="CMD"
-    )
+    policy = _group(commands, "policy", "work with policy files")
     validate = policy.add_parser(
         "validate",
         help="check a policy file and list every problem",
@@ -169,6 +167,18 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _group(commands: Any, name: str, description: str) -> Any:
+    """A command with subcommands (``db``, ``policy``); alone, it prints its own help (exit 2)."""
+    group = commands.add_parser(name, help=description, description=description[0].upper() + description[1:] + ".")
+
+    def usage(args: argparse.Namespace) -> int:
+        group.print_help(sys.stderr)
+        return EXIT_USAGE
+
+    group.set_defaults(handler=usage)
+    return group.add_subparsers(title=f"{name} commands", metavar="CMD")
+
+
 def _token(args: argparse.Namespace) -> int:
     from .demo import mint_token
     from .identity import nationality_code
@@ -190,16 +200,32 @@ def _demo(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _read_ips(values: Sequence[str], stdin: TextIO) -> list[str]:
+def _read_ips(values: Sequence[str], stdin: TextIO) -> tuple[list[str], int]:
+    """The addresses to look up, and how many lines of standard input were not addresses. Arguments must all be
+    addresses (the error names every bad one); a bad line of ``-`` is reported with its number and the others
+    are still answered, so one typo in a long list costs one line, not the run. Blank lines and ``#`` comments
+    are skipped."""
     ips: list[str] = []
+    bad_lines = 0
     for value in values:
-        ips.extend(stdin.read().split() if value == "-" else [value])
-    return ips
+        if value != "-":
+            ips.append(value)
+            continue
+        for number, line in enumerate(stdin, 1):
+            for word in line.split("#", 1)[0].split():
+                try:
+                    parse_address(word)
+                except GeofenceError as exc:
+                    print(f"geofence: line {number}: {exc}", file=sys.stderr)
+                    bad_lines += 1
+                else:
+                    ips.append(word)
+    return ips, bad_lines
 
 
 def _lookup(args: argparse.Namespace) -> int:
-    ips = _read_ips(args.ips, sys.stdin)
-    if not ips:
+    ips, bad_lines = _read_ips(args.ips, sys.stdin)
+    if not ips and not bad_lines:
         raise GeofenceError("no addresses given")
     bad = []
     for ip in ips:
@@ -209,6 +235,8 @@ def _lookup(args: argparse.Namespace) -> int:
             bad.append(str(exc))
     if bad:
         raise GeofenceError("; ".join(bad))
+    if not ips:  # every line of standard input was bad (each reported)
+        return EXIT_USAGE
     with Locator(args.db) as locator:
         results = [(ip, locator.lookup(ip)) for ip in ips]
         if args.json:
@@ -216,7 +244,7 @@ def _lookup(args: argparse.Namespace) -> int:
                 print(json.dumps({"ip": ip, "address": parse_address(ip).text, **location.as_dict()}))
         else:
             _print_table(results, locator, sys.stdout)
-    return EXIT_OK
+    return EXIT_USAGE if bad_lines else EXIT_OK
 
 
 def _anonymizer_text(location: Location) -> str:

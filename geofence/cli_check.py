@@ -51,6 +51,8 @@ def check_command(args: argparse.Namespace) -> bool:
         from urllib.parse import unquote
 
         target = args.path or "/"
+        if not target.startswith("/"):  # a relative path is no request a server would pass on
+            raise GeofenceError(f"--path {target[:60]!r} must start with '/' (the path as the server sees it)")
         path, _, query = target.partition("?")
         request.update(method=args.method.upper(), host=args.host, path=target)
         route = policy.routes.classify(args.method, args.host, unquote(path), args.root_path)  # as servers decode

@@ -206,3 +206,28 @@ def test_lookup_empty_stdin_is_an_error() -> None:
 
 def test_lookup_zone_id_cannot_inject_output() -> None:
     assert_one_line_error(geofence("lookup", "2a00:1450::1%x\nFAKE  US"), "not a valid IP address")
+
+
+def test_lookup_from_stdin_reports_bad_lines_and_answers_the_others() -> None:
+    stdin = "# addresses to check\n8.8.8.8\n\nnot-an-ip\n1.1.1.1  # a comment\n999.1.1.1 2a00:1450:4001:81b::200e\n"
+    result = geofence("lookup", "--json", "-", stdin=stdin)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert [json.loads(line)["ip"] for line in result.stdout.splitlines()] == [
+        "8.8.8.8", "1.1.1.1", "2a00:1450:4001:81b::200e"
+    ]  # fmt: skip
+    lines = result.stderr.splitlines()
+    assert len(lines) == 2 and lines[0].startswith("geofence: line 4: ") and "'not-an-ip'" in lines[0]
+    assert lines[1].startswith("geofence: line 6: ") and "'999.1.1.1'" in lines[1]
+    clean = geofence("lookup", "-", stdin="# only good ones\n8.8.8.8\n\n")
+    assert clean.returncode == 0 and "8.8.8.8" in clean.stdout and clean.stderr == ""
+
+
+@pytest.mark.parametrize("group", ["db", "policy"])
+def test_a_command_group_alone_prints_its_own_help(group: str) -> None:
+    result = geofence(group)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert f"usage: geofence {group}" in result.stderr and f"{group} commands" in result.stderr
+
+
+def test_check_refuses_a_relative_path() -> None:
+    assert_one_line_error(geofence("check", "--ip", "8.8.8.8", "--path", "v1/models"), "must start with '/'")
