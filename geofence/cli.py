@@ -149,7 +149,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--config", metavar="FILE", help="policy file (default: the bundled example, demo proxies)")
     demo.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    demo.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    demo.add_argument("--port", type=_port, default=8000, help="port (default 8000)")
     demo.add_argument("--tour", action="store_true", help="run a scripted tour of real requests, then exit")
     demo.set_defaults(handler=_demo)
 
@@ -161,10 +161,19 @@ def _parser() -> argparse.ArgumentParser:
     )
     token.add_argument("--nationality", action="append", default=[], metavar="CODE", help="repeat for several")
     token.add_argument("--us-person", action="store_true", help="claim U.S.-person status")
-    token.add_argument("--key", metavar="FILE", help="signing key (PEM); created if missing")
+    token.add_argument(
+        "--key", metavar="FILE", help="signing key (EC P-256 PEM); created if missing (not its directory)"
+    )
     token.add_argument("--ttl", type=int, default=3600, help="lifetime in seconds (default 3600)")
     token.set_defaults(handler=_token)
     return parser
+
+
+def _port(text: str) -> int:
+    port = int(text) if text.isdigit() else -1
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port (0-65535)")
+    return port
 
 
 def _group(commands: Any, name: str, description: str) -> Any:

@@ -46,6 +46,8 @@ def ensure_demo_key(path: Path | None = None) -> tuple[Path, Path]:
     private = path or demo_key_path()
     public = private.with_suffix(".pub.pem")
     if not private.exists():
+        if path is not None and not private.parent.is_dir():  # a path the user gave: never a silent mkdir -p
+            raise GeofenceError(f"{private.parent}: no such directory (create it, or leave out --key)")
         private.parent.mkdir(parents=True, exist_ok=True)
         key = ec.generate_private_key(ec.SECP256R1())
         pem = key.private_bytes(
@@ -54,14 +56,30 @@ def ensure_demo_key(path: Path | None = None) -> tuple[Path, Path]:
         fd = os.open(private, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "wb") as f:
             f.write(pem)
+    loaded = _signing_key(private)
     if not public.exists() or public.stat().st_mtime < private.stat().st_mtime:
-        loaded = serialization.load_pem_private_key(private.read_bytes(), password=None)
         public.write_bytes(
             loaded.public_key().public_bytes(
                 serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
             )
         )
     return private, public
+
+
+def _signing_key(path: Path) -> Any:
+    """The EC P-256 private key in *path*, or a one-line :class:`GeofenceError` saying what is wrong with it."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    try:
+        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    except OSError as exc:
+        raise GeofenceError(f"{path}: cannot read the key: {exc.strerror or exc}") from None
+    except (ValueError, TypeError):  # not PEM, or encrypted
+        raise GeofenceError(f"{path}: not an unencrypted PEM private key") from None
+    if not isinstance(key, ec.EllipticCurvePrivateKey) or key.curve.name != "secp256r1":
+        raise GeofenceError(f"{path}: the demo signs ES256 and needs an EC P-256 key")
+    return key
 
 
 def mint_token(
@@ -156,6 +174,10 @@ def serve(config: str | None, host: str, port: int, out: TextIO = sys.stdout) ->
     """Serve the demo until interrupted."""
     uvicorn = _uvicorn()
     app = build(config)
+    try:  # say it now, in one line, rather than after "serving on" in uvicorn's words
+        socket.create_server((host, port)).close()
+    except OSError as exc:
+        raise GeofenceError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
     print(f"geofence demo: policy {app.policy.source}, version {app.policy.version}", file=out)
     print(f"serving on http://{host}:{port} (Ctrl-C to stop); try:", file=out)
     for line in _curl_examples(host, port):

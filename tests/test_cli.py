@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 import zipfile
@@ -231,3 +232,33 @@ def test_a_command_group_alone_prints_its_own_help(group: str) -> None:
 
 def test_check_refuses_a_relative_path() -> None:
     assert_one_line_error(geofence("check", "--ip", "8.8.8.8", "--path", "v1/models"), "must start with '/'")
+
+
+def test_token_key_problems_are_one_line_errors(tmp_path: Path) -> None:
+    missing_dir = tmp_path / "no-such-dir" / "key.pem"
+    assert_one_line_error(geofence("token", "--key", str(missing_dir), "--nationality", "US"), "no such directory")
+    assert not missing_dir.parent.exists()  # never a silent mkdir -p
+    garbage = tmp_path / "garbage.pem"
+    garbage.write_text("not a key\n")
+    assert_one_line_error(geofence("token", "--key", str(garbage), "--nationality", "US"), "not an unencrypted PEM")
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    rsa_key = tmp_path / "rsa.pem"
+    rsa_key.write_bytes(
+        rsa.generate_private_key(public_exponent=65537, key_size=2048).private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    assert_one_line_error(geofence("token", "--key", str(rsa_key), "--nationality", "US"), "EC P-256")
+    fresh = tmp_path / "new.pem"  # a file in an existing folder is created, as before
+    assert geofence("token", "--key", str(fresh), "--nationality", "US").returncode == 0 and fresh.exists()
+
+
+def test_demo_refuses_a_bad_or_busy_port_before_serving() -> None:
+    result = geofence("demo", "--port", "99999")
+    assert result.returncode == 2 and "not a port" in result.stderr and "Traceback" not in result.stderr
+    with socket.create_server(("127.0.0.1", 0)) as busy:
+        port = busy.getsockname()[1]
+        result = geofence("demo", "--port", str(port))
+    assert_one_line_error(result, f"cannot listen on 127.0.0.1:{port}")
