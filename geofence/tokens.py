@@ -320,8 +320,8 @@ def _decode(token: str, key: Any, algorithm: str, config: TokenConfig) -> dict[s
     except jwt.DecodeError as exc:
         claim = next((c for c in ("exp", "nbf") if f"({c})" in str(exc)), None)
         raise IdentityError(f"token claim {claim!r} is not a number" if claim else "malformed token") from None
-    except jwt.InvalidTokenError:
-        raise IdentityError("token rejected") from None
+    except jwt.InvalidTokenError as exc:  # a kind not named above: say PyJWT's reason rather than nothing
+        raise IdentityError(f"token rejected: {str(exc)[:80]}") from None
     except (ValueError, TypeError, OverflowError, RecursionError):
         raise IdentityError("malformed token") from None
     return claims

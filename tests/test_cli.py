@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -262,3 +263,31 @@ def test_demo_refuses_a_bad_or_busy_port_before_serving() -> None:
         port = busy.getsockname()[1]
         result = geofence("demo", "--port", str(port))
     assert_one_line_error(result, f"cannot listen on 127.0.0.1:{port}")
+
+
+def test_db_verify_shows_progress_on_a_terminal_only() -> None:
+    """A long walk shows its count on a terminal (then clears it); a pipe or a log gets only the result."""
+    import pty
+
+    main, secondary = pty.openpty()
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "geofence", "db", "info", "--verify"],
+            stdout=subprocess.PIPE, stderr=secondary, timeout=300, text=True,
+        )  # fmt: skip
+        os.close(secondary)
+        seen = b""
+        while True:
+            try:
+                chunk = os.read(main, 65536)
+            except OSError:  # the terminal closed
+                break
+            if not chunk:
+                break
+            seen += chunk
+    finally:
+        os.close(main)
+    assert result.returncode == 0 and "verified" in result.stdout.lower()
+    assert b"verifying" in seen and b"networks" in seen and b"\r\x1b[K" in seen
+    piped = geofence("db", "info", "--verify")
+    assert piped.returncode == 0 and "verifying" not in piped.stderr

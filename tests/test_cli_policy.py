@@ -199,3 +199,16 @@ def test_check_with_a_token(tmp_path: Path, country_db: Path) -> None:
     assert (code, decision["status"], decision["reasons"][0]["detail"]) == (1, 401, "token audience not accepted")
     result = geofence("check", "--ip", "8.8.8.8", "--class", "EAR99", "--token", token())
     assert_one_line_error(result, "configures no token verification")
+
+
+def test_check_says_why_a_token_was_rejected(tmp_path: Path, country_db: Path) -> None:
+    """A person debugging a 401 needs the reason, in the text output too, not only "token rejected"."""
+    from .test_tokens import token, token_policy
+
+    path, _ = token_policy(tmp_path, country_db, '[classes.EAR99]\n[classes.C]\npersons = "us_only"\n')
+    good = token()
+    tampered = good[:-4] + ("AAAA" if not good.endswith("AAAA") else "BBBB")
+    for bad, why in ((tampered, "signature"), (token(aud="x"), "audience not accepted")):
+        result = geofence("check", "--ip", "8.8.8.8", "--class", "C", "--token", bad, "--config", str(path))
+        assert result.returncode == 1 and "Traceback" not in result.stderr
+        assert why in result.stdout, result.stdout
