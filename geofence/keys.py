@@ -10,7 +10,7 @@ algorithm of its own curve, and a JWK that names an ``alg`` only verifies that a
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
 from .identity import IdentityError
+from .token_config import HMAC_MIN_BYTES, check_hmac_secret
 
 __all__ = ["HMAC_MIN_BYTES", "MIN_RSA_BITS", "KeySet", "VerificationKey", "check_hmac_secret", "family", "jwks_keys",
            "pem_keys"]  # fmt: skip
@@ -27,8 +28,6 @@ __all__ = ["HMAC_MIN_BYTES", "MIN_RSA_BITS", "KeySet", "VerificationKey", "check
 log = logging.getLogger("geofence")
 
 MIN_RSA_BITS: Final = 2048
-# RFC 7518 §3.2: an HMAC key at least as long as the hash output.
-HMAC_MIN_BYTES: Final = {"HS256": 32, "HS384": 48, "HS512": 64}
 # RFC 7518 §3.4 and RFC 8812 §3.2: the one curve each ECDSA algorithm uses (cryptography's curve names).
 EC_CURVES: Final = {"ES256": "secp256r1", "ES384": "secp384r1", "ES512": "secp521r1", "ES256K": "secp256k1"}
 _FAMILIES: Final = {"HS": "oct", "RS": "RSA", "PS": "RSA", "ES": "EC", "Ed": "OKP"}
@@ -64,16 +63,6 @@ def weakness(key: Any) -> str | None:
     if isinstance(key, ec.EllipticCurvePublicKey) and key.curve.name not in EC_CURVES.values():
         return f"EC curve {key.curve.name} is not one any allowed algorithm uses"
     return None
-
-
-def check_hmac_secret(secret: bytes, algorithms: Iterable[str], where: str) -> None:
-    """Refuse a secret shorter than the longest hash output among the HMAC *algorithms* (RFC 7518 §3.2)."""
-    for algorithm in sorted(HMAC_MIN_BYTES, key=HMAC_MIN_BYTES.__getitem__, reverse=True):
-        if algorithm in algorithms and len(secret) < HMAC_MIN_BYTES[algorithm]:
-            raise IdentityError(
-                f"{where}: HMAC secret of {len(secret)} bytes is too weak; {algorithm} needs at least "
-                f"{HMAC_MIN_BYTES[algorithm]} (RFC 7518 §3.2)"
-            )
 
 
 def jwks_keys(document: Any, source: str, *, strict: bool) -> list[VerificationKey]:

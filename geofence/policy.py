@@ -30,7 +30,7 @@ from .policy_classes import MODES, ClassPolicy, PersonRule, compile_class
 from .policy_identity import TOKEN_KEYS, token_config
 from .resources import data_path
 from .routes import DEFAULT_MAX_BODY, RouteRule, RouteTable
-from .tokens import TokenConfig
+from .token_config import TokenConfig
 
 __all__ = [
     "EXAMPLE_POLICY",

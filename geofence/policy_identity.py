@@ -14,9 +14,8 @@ from pathlib import Path
 from typing import Any, Final
 
 from .identity import ASSURANCE_LEVELS, TOP_LEVEL_CLAIMS, ClaimNames, IdentityError, TopLevelClaims
-from .keys import check_hmac_secret
 from .policy_checks import Checker
-from .tokens import SUPPORTED_ALGORITHMS, TokenConfig, load_key_files
+from .token_config import SUPPORTED_ALGORITHMS, TokenConfig, check_hmac_secret
 
 __all__ = ["TOKEN_KEYS", "token_config"]
 
@@ -145,7 +144,10 @@ def _check_keys(config: TokenConfig, check: Checker) -> None:
     """Load the key file and, when its variable is set, measure the HMAC secret: weak keys are policy errors."""
     where = "identity.jwks_file" if config.jwks_file is not None else "identity.public_key_file"
     try:
-        load_key_files(config)
+        if config.key_files:  # reading keys needs cryptography: loaded only for a policy that names a key file
+            from .tokens import load_key_files
+
+            load_key_files(config)
     except IdentityError as exc:
         check.error(where, str(exc))
     secret = os.environ.get(config.hmac_secret_env) if config.hmac_secret_env else None

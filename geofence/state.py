@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .addresses import address_key
 from .audit import AuditWriter
@@ -28,7 +28,9 @@ from .metrics import Metrics, metrics
 from .policy import AuditConfig, Policy, load_policy, parse_policy
 from .responses import DenialResponse, ResponseConfig
 from .routes import Route
-from .tokens import TokenVerifier
+
+if TYPE_CHECKING:
+    from .tokens import TokenVerifier
 
 __all__ = [
     "Front",
@@ -181,7 +183,7 @@ def build_state(
             vary=("Accept", "Authorization", "Cookie", policy.proxy_header.title()),
             hook=deny_hook,
         ),
-        verifier=TokenVerifier(policy.tokens, budget) if policy.tokens is not None else None,
+        verifier=_verifier(policy, budget),
         websocket_grace=policy.tokens.websocket_grace_seconds if policy.tokens is not None else 0.0,
         identity_classes=frozenset(name for name, c in policy.classes.items() if c.persons.kind != "any"),
         restricting=restricting,
@@ -195,6 +197,14 @@ def build_state(
         signature=signature(path, policy),
         budget=budget,
     )
+
+
+def _verifier(policy: Policy, budget: CacheBudget) -> TokenVerifier | None:
+    if policy.tokens is None:
+        return None
+    from .tokens import TokenVerifier  # PyJWT and cryptography load only for a policy that verifies tokens
+
+    return TokenVerifier(policy.tokens, budget)
 
 
 def audit_writer(config: AuditConfig | None, previous: State | None) -> AuditWriter | None:

@@ -23,73 +23,30 @@ import os
 import re
 import threading
 import time
-import urllib.request
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Final
 
 import jwt
-from jwt.algorithms import get_default_algorithms
 
 from .budget import CacheBudget
 from .cache import BoundedCache
 from .identity import (
-    AssuranceRequirements,
-    ClaimNames,
     Identity,
     IdentityError,
-    TopLevelClaims,
     identity_from_claims,
 )
 from .keys import KeySet, VerificationKey, check_hmac_secret, family, jwks_keys, pem_keys
+from .token_config import SUPPORTED_ALGORITHMS, TokenConfig
 
 __all__ = ["SUPPORTED_ALGORITHMS", "TokenConfig", "TokenVerifier", "load_key_files", "token_from_scope"]
 
 log = logging.getLogger("geofence")
 
-SUPPORTED_ALGORITHMS: Final = tuple(sorted(a for a in get_default_algorithms() if a != "none"))
 # Bounded with CLOCK eviction: a flood of distinct tokens evicts a little at a time, never the hot set at once.
 _REJECTED_SECONDS: Final = 60
 _LATEST_EXPIRY: Final = 253_402_300_800  # 10000-01-01T00:00:00Z
 # Three non-empty base64url segments; each must also be canonical (see _canonical).
 _SHAPE: Final = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
-
-
-@dataclass(frozen=True)
-class TokenConfig:
-    """The token half of ``[identity]`` (see README, "Verified identity")."""
-
-    issuer: str
-    audience: tuple[str, ...]
-    algorithms: tuple[str, ...] = ("RS256", "ES256", "EdDSA")
-    source: str = "authorization"
-    jwks_url: str | None = None
-    jwks_file: Path | None = None
-    public_key_file: Path | None = None
-    hmac_secret_env: str | None = None
-    leeway_seconds: int = 30
-    required_claims: tuple[str, ...] = ("exp", "iss", "aud")
-    min_assurance: str | None = None
-    trust_frameworks: tuple[str, ...] = ()
-    max_verification_age_days: int | None = None
-    top_level_claims: TopLevelClaims = "fallback"
-    """Read top-level claims when a token has no ``verified_claims``; ignored (never) with requirements."""
-    websocket_grace_seconds: int = 0
-    """How long a WebSocket allowed on a token may stay open after the token expires (then: close 1008)."""
-    max_token_bytes: int = 8192
-    jwks_refresh_seconds: int = 300
-    jwks_min_refresh_seconds: int = 30
-    claim_names: ClaimNames = field(default_factory=ClaimNames)
-
-    @property
-    def key_files(self) -> tuple[Path, ...]:
-        """Files whose change means new keys (watched by the middleware for rotation without restart)."""
-        return tuple(p for p in (self.jwks_file, self.public_key_file) if p is not None)
-
-    @property
-    def requirements(self) -> AssuranceRequirements:
-        return AssuranceRequirements(self.min_assurance, self.trust_frameworks, self.max_verification_age_days)
 
 
 def load_key_files(config: TokenConfig) -> list[VerificationKey]:
@@ -185,6 +142,8 @@ class TokenVerifier:
     def _fetch(self, why: str) -> None:
         url = self.config.jwks_url
         try:
+            import urllib.request  # only with a JWKS URL: `import geofence` stays light
+
             request = urllib.request.Request(url or "", headers={"Accept": "application/json"})
             with urllib.request.urlopen(request, timeout=5) as response:
                 document = json.loads(response.read(1 << 20))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -176,3 +178,34 @@ def _count_decodes(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
     monkeypatch.setattr(jwt, "decode", failing)
     return seen
+
+
+def test_the_static_algorithm_list_is_pyjwts() -> None:
+    """token_config lists the algorithms without importing PyJWT: it must stay PyJWT's list, less none."""
+    from jwt.algorithms import get_default_algorithms
+
+    from geofence.token_config import SUPPORTED_ALGORITHMS
+
+    assert set(SUPPORTED_ALGORITHMS) == set(get_default_algorithms()) - {"none"}
+
+
+def test_token_libraries_load_only_for_a_policy_that_verifies_tokens(tmp_path: Path, country_db: Path) -> None:
+    """`import geofence` and a policy without [identity] keys never import PyJWT, cryptography or urllib."""
+    from .test_tokens import token_policy
+
+    path, _ = token_policy(tmp_path, country_db, "[classes.EAR99]\n")
+    heavy = ("jwt", "cryptography", "urllib.request")
+    script = (
+        "import sys, geofence\n"
+        f"heavy = {heavy!r}\n"
+        "print(sorted(m for m in heavy if m in sys.modules))\n"
+        "geofence.GeofenceMiddleware(lambda *a: None, config={'classes': {'EAR99': {}}})\n"
+        "print(sorted(m for m in heavy if m in sys.modules))\n"
+        f"geofence.GeofenceMiddleware(lambda *a: None, config={str(path)!r}, reload=False)\n"
+        "print(sorted(m for m in heavy if m in sys.modules))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    before, without_keys, with_keys = result.stdout.splitlines()
+    assert before == without_keys == "[]"
+    assert "'cryptography'" in with_keys and "'jwt'" in with_keys
