@@ -7,19 +7,28 @@ BIN := $(VENV)/bin
 
 .PHONY: demo test bench clean
 
-$(BIN)/geofence: pyproject.toml
+$(BIN)/python:
 	@test -n "$(PYTHON)" || { echo "geofence needs Python 3.11 or newer on PATH" >&2; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
+
+# Each target installs only what it needs: the demo its server, the tests their toolchain.
+$(VENV)/.demo: $(BIN)/python pyproject.toml
+	$(BIN)/python -m pip install --quiet -e ".[demo]"
+	@touch $@
+
+$(VENV)/.test: $(BIN)/python pyproject.toml
 	$(BIN)/python -m pip install --quiet -e ".[test]"
 	@touch $@
 
-demo: $(BIN)/geofence
+demo: $(VENV)/.demo
 	$(BIN)/geofence lookup 8.8.8.8 2a00:1450:4001:81b::200e 5.255.255.5 ::ffff:81.2.69.142 10.1.2.3
 	@echo
 	$(BIN)/geofence demo --tour
+	@echo
+	@echo "geofence is installed in $(VENV): run it as $(BIN)/geofence, or put it on PATH with: source $(BIN)/activate"
 
-test: $(BIN)/geofence
+test: $(VENV)/.test
 	$(BIN)/ruff check geofence tests benchmarks
 	$(BIN)/ruff format --check geofence tests benchmarks
 	$(BIN)/mypy geofence
@@ -27,7 +36,7 @@ test: $(BIN)/geofence
 
 # `make bench`: the suite (benchmarks/README.md), then README.md's bench block from its results;
 # `make bench QUICK=1`: the quick run (~1.5 min), which leaves README.md alone.
-$(VENV)/.bench: $(BIN)/geofence pyproject.toml
+$(VENV)/.bench: $(VENV)/.test pyproject.toml
 	$(BIN)/python -m pip install --quiet -e ".[bench]"
 	@touch $@
 
