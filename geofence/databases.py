@@ -15,7 +15,7 @@ import tempfile
 import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Final, NamedTuple
+from typing import Any, Final, Literal, NamedTuple
 
 import maxminddb
 from maxminddb.errors import InvalidDatabaseError
@@ -24,7 +24,7 @@ from .errors import DatabaseError
 from .location import Anonymizer, DatabaseInfo
 from .resources import data_path
 
-__all__ = ["LOAD_MODES", "Facts", "GeoDatabase", "default_database_path", "open_database"]
+__all__ = ["LOAD_MODES", "Facts", "GeoDatabase", "LoadMode", "default_database_path", "open_database"]
 
 log = logging.getLogger("geofence")
 
@@ -282,7 +282,9 @@ class GeoDatabase:
 
 
 _missing_extension_warned = False
-LOAD_MODES: Final = ("copy", "mmap")
+LoadMode = Literal["copy", "mmap"]
+"""``copy``: a private snapshot, safe when the file is rewritten in place; ``mmap``: pages shared by workers."""
+LOAD_MODES: Final[tuple[LoadMode, ...]] = ("copy", "mmap")
 _MAX_EPOCH: Final = 253402300799  # 9999-12-31T23:59:59Z
 
 
@@ -328,7 +330,7 @@ def _open_private_copy(path: str) -> Any:
             os.unlink(snapshot.name)
 
 
-def open_database(path: str | os.PathLike[str], load: str = "copy") -> GeoDatabase:
+def open_database(path: str | os.PathLike[str], load: LoadMode = "copy") -> GeoDatabase:
     """Open *path*, check it is a sound MaxMind DB and detect its schema.
 
     *load* is ``"copy"`` (a private in-memory snapshot: safe against in-place rewrites of the file) or

@@ -16,7 +16,7 @@ from typing import Final, Self
 from maxminddb.errors import InvalidDatabaseError
 
 from .addresses import address_key, format_network, key_address, special_range
-from .databases import Facts, GeoDatabase, default_database_path, open_database
+from .databases import Facts, GeoDatabase, LoadMode, default_database_path, open_database
 from .errors import DatabaseError, InvalidAddressError
 from .location import Anonymizer, Location
 from .netcache import NetworkCache
@@ -45,7 +45,7 @@ class Locator:
         databases: Sequence[str | os.PathLike[str]] | str | os.PathLike[str] | None = None,
         *,
         cache_size: int = DEFAULT_CACHE_SIZE,
-        load: str = "copy",
+        load: LoadMode = "copy",
     ) -> None:
         if databases is None:
             paths: list[str | os.PathLike[str]] = [default_database_path()]

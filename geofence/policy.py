@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from .budget import DEFAULT_CACHE_MB, MIN_CACHE_MB, CacheBudget
-from .databases import LOAD_MODES
+from .databases import LOAD_MODES, LoadMode
 from .destinations import GroupResolver, ReferenceData, load_reference
 from .errors import GeofenceError
 from .identity import ClaimNames
@@ -72,7 +72,7 @@ class Policy:
     cache_size: int | None
     cache_mb: int
     """``[cache] max_mb``: what the request-path caches may hold, per process (see budget.py)."""
-    load: str
+    load: LoadMode
     max_age_days: int | None
     """Databases older than this (by build date) are stale: a warning, or with ``on_stale = "deny"`` a 503."""
     on_stale: str  # "warn" | "deny"
@@ -177,7 +177,7 @@ def parse_policy(data: Mapping[str, Any], *, source: str = "<policy>", base_dir:
     top = check.table(dict(data), "", _TOP)
 
     geoip = check.table(top.get("geoip"), "geoip", ("databases", "cache_size", "load", "max_age_days", "on_stale"))
-    load = check.string(geoip.get("load"), "geoip.load", LOAD_MODES) or "copy"
+    load: LoadMode = "mmap" if check.string(geoip.get("load"), "geoip.load", LOAD_MODES) == "mmap" else "copy"
     databases = None
     if "databases" in geoip:
         names = check.strings(geoip["databases"], "geoip.databases")
