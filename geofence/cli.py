@@ -14,14 +14,13 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Final, TextIO
-
-from maxminddb.errors import InvalidDatabaseError
+from typing import Any, TextIO
 
 from . import __version__
 from .addresses import parse_address
 from .cli_check import check_command
-from .databases import GeoDatabase, default_database_path, open_database
+from .cli_db import ATTRIBUTION, db_info
+from .databases import default_database_path, open_database
 from .errors import DatabaseError, GeofenceError
 from .freshness import stale_message
 from .location import Location
@@ -31,8 +30,6 @@ from .policy import PolicyError, load_policy
 EXIT_OK = 0
 EXIT_DENIED = 1
 EXIT_USAGE = 2
-
-ATTRIBUTION = "IP geolocation by DB-IP (https://db-ip.com), licensed CC BY 4.0"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -94,7 +91,7 @@ def _parser() -> argparse.ArgumentParser:
     info.add_argument(
         "--max-age-days", type=int, metavar="N", help="warn (on stderr) when the database is older than N days"
     )
-    info.set_defaults(handler=_db_info)
+    info.set_defaults(handler=db_info)
     from .cli_update import register_update
 
     register_update(db)
@@ -297,73 +294,6 @@ def _print_table(results: list[tuple[str, Location]], locator: Locator, out: Tex
         print(f"database: {info.path} ({info.type}, built {info.build_date.isoformat()})", file=out)
         if Path(info.path) == bundled:
             print(f"          {ATTRIBUTION}", file=out)
-
-
-def _db_info(args: argparse.Namespace) -> int:
-    path = args.path or str(default_database_path())
-    db = open_database(path)
-    try:
-        report = _describe(db)
-        if args.verify:
-            report["verified_networks"] = _verify(db)
-        stale = stale_message([db.info], args.max_age_days, time.time())
-    finally:
-        db.close()
-    if stale is not None:
-        print(f"geofence: warning: {stale}", file=sys.stderr)
-    if args.json:
-        print(json.dumps(report))
-    else:
-        width = max(len(key) for key in report)
-        for key, value in report.items():
-            shown = ", ".join(map(str, value)) if isinstance(value, list) else value
-            shown = "-" if shown in ("", None) else shown
-            print(f"{key.replace('_', ' '):<{width}}  {shown}")
-        if Path(path).resolve() == default_database_path():
-            print(f"{'attribution':<{width}}  {ATTRIBUTION}")
-    return EXIT_OK
-
-
-def _describe(db: GeoDatabase) -> dict[str, Any]:
-    meta, info = db.metadata, db.info
-    age_days = int((time.time() - info.build_epoch) // 86400)
-    return {
-        "path": info.path,
-        "type": info.type,
-        "schema": info.schema,
-        "ip_version": meta.ip_version,
-        "node_count": meta.node_count,
-        "record_size": meta.record_size,
-        "binary_format": f"{meta.binary_format_major_version}.{meta.binary_format_minor_version}",
-        "build_epoch": info.build_epoch,
-        "build_date": info.build_date.isoformat(),
-        "age_days": age_days,
-        "languages": list(meta.languages),
-        "description": dict(meta.description).get("en") or next(iter(dict(meta.description).values()), ""),
-        "size_bytes": os.path.getsize(info.path),
-    }
-
-
-def _verify(db: GeoDatabase, progress: TextIO = sys.stderr) -> int:
-    """Walk every network and adapt every record: finds corruption a spot check at open time cannot. A city
-    database takes a minute or more, so a terminal sees the count go up (pipes and logs see nothing)."""
-    count = 0
-    shown = progress.isatty()
-    try:
-        for _network, record in db.reader:
-            db.facts(record)
-            count += 1
-            if shown and count % _PROGRESS_EVERY == 0:
-                print(f"\rverifying {db.info.path}: {count:,} networks", end="", file=progress, flush=True)
-    except (InvalidDatabaseError, ValueError, UnicodeDecodeError) as exc:
-        raise GeofenceError(f"{db.info.path}: corrupt after {count} networks ({exc})") from None
-    finally:
-        if shown and count >= _PROGRESS_EVERY:
-            print("\r\033[K", end="", file=progress, flush=True)  # the line the count was on, cleared
-    return count
-
-
-_PROGRESS_EVERY: Final = 20_000
 
 
 def _policy_validate(args: argparse.Namespace) -> int:
