@@ -1,0 +1,321 @@
+"""Every example in README.md and data/README.md runs as pasted (see ``docs_blocks.py`` for the rules)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import shutil
+import socket
+import subprocess
+import sys
+import tomllib
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from geofence.cli import _parser
+from geofence.policy import parse_policy
+from geofence.resources import data_path
+
+from .conftest import wait_until
+from .docs_blocks import (
+    DIRECTIVES,
+    LANGUAGES,
+    Block,
+    all_blocks,
+    console_commands,
+    logical_lines,
+    output_matches,
+)
+
+BLOCKS = all_blocks()
+BIN = Path(sys.executable).parent
+EXAMPLE_POLICY = data_path("example-policy.toml")
+
+
+def blocks(language: str, *, directive: str | None = None) -> list[Any]:
+    chosen = [
+        b
+        for b in BLOCKS
+        if b.language == language
+        and "skip" not in b.directives
+        and (directive in b.directives if directive else not set(b.directives) - {"setup"})
+    ]
+    return [pytest.param(b, id=b.id) for b in chosen]
+
+
+def environment(home: Path) -> dict[str, str]:
+    """This venv's ``geofence`` first on PATH, a scratch HOME (demo keys), no colour or pager surprises."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("GEOFENCE_", "GEOIPUPDATE_"))}
+    env.update(PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}", HOME=str(home), PYTHONUNBUFFERED="1")
+    return env
+
+
+@pytest.fixture
+def scratch(tmp_path: Path) -> Path:
+    """A working folder with ``geofence.toml``: the bundled example policy, as the README's examples assume."""
+    shutil.copy(EXAMPLE_POLICY, tmp_path / "geofence.toml")
+    (tmp_path / "home").mkdir()
+    return tmp_path
+
+
+# -- every block is checked or explicitly marked ----------------------------------------------------------------
+
+
+def test_every_block_is_checked_or_marked() -> None:
+    problems = []
+    for block in BLOCKS:
+        if block.language not in LANGUAGES:
+            problems.append(f"{block.id}: no checker for {block.language or 'a block without a language'}")
+        unknown = set(block.directives) - set(DIRECTIVES)
+        if unknown:
+            problems.append(f"{block.id}: unknown directive {sorted(unknown)}")
+        if "skip" in block.directives and not block.directives["skip"]:
+            problems.append(f"{block.id}: skip needs a reason")
+        if block.language in ("bash", "ini", "text") and not block.directives:
+            problems.append(f"{block.id}: a {block.language} block must say how it is checked (argv, demo, skip, ...)")
+    assert not problems, "\n".join(problems)
+    assert len(BLOCKS) > 30  # the extraction itself still finds the examples
+
+
+def test_output_matching_is_loose_only_where_it_says() -> None:
+    assert output_matches(["path .../data/x.mmdb", "..."], "path /a/b/data/x.mmdb\nmore\nlines\n")
+    assert output_matches(["policy version 712404caa76f01d4"], "policy version debb98408593016b")
+    assert output_matches(["age days   174"], "age days   181")
+    assert not output_matches(["routes[2] POST"], "routes[4] POST")
+    assert not output_matches(["one", "two"], "two\none")  # order matters
+    assert not output_matches(["one"], "one\ntwo")  # nothing unshown, without a "..." line
+    assert not output_matches(["status 401"], "status 451")
+    commands = console_commands("$ a   # exit 1\nout\n\n$ b\n")
+    assert [(c.command, c.expected, c.status) for c in commands] == [("a   # exit 1", ["out"], 1), ("b", [], 0)]
+
+
+# -- console: run, compare ----------------------------------------------------------------------------------------
+
+
+def _setup_replay(folder: Path) -> None:
+    """``audit.jsonl`` with four allowed EAR99 requests (US, GB, DE, JP), written by the real middleware, and
+    ``new-policy.toml``: the example policy with GB added to EAR99's denied destinations."""
+    import asyncio
+
+    from geofence import GeofenceMiddleware
+
+    policy = tomllib.loads(EXAMPLE_POLICY.read_text())
+    policy["proxies"] = {"trusted": ["127.0.0.1/32"], "header": "x-forwarded-for"}
+    policy["audit"] = {"path": str(folder / "audit.jsonl")}
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    middleware = GeofenceMiddleware(app, config=policy)
+
+    async def request(address: str) -> None:
+        scope = {"type": "http", "method": "GET", "path": "/v1/models", "raw_path": b"/v1/models",
+                 "root_path": "", "query_string": b"", "client": ("127.0.0.1", 5000),
+                 "headers": [(b"host", b"api"), (b"x-forwarded-for", address.encode())]}  # fmt: skip
+        sent: list[Any] = []
+
+        async def receive() -> Any:
+            return {"type": "http.request", "body": b""}
+
+        async def send(message: Any) -> None:
+            sent.append(message)
+
+        await middleware(scope, receive, send)
+        assert sent[0]["status"] == 200
+
+    async def main() -> None:
+        for address in ("8.8.8.8", "81.2.69.142", "2a00:1450:4001:81b::200e", "133.11.0.1"):
+            await request(address)
+
+    asyncio.run(main())
+    middleware.close()
+    new = EXAMPLE_POLICY.read_text().replace(
+        'deny_destinations = ["embargoed"]       # CU', 'deny_destinations = ["embargoed", "GB"]       # CU', 1
+    )
+    assert new != EXAMPLE_POLICY.read_text()
+    (folder / "new-policy.toml").write_text(new)
+
+
+def _setup_invalid_policy(folder: Path) -> None:
+    """``geofence.toml`` with the three mistakes the README's ``policy validate`` example shows."""
+    text = EXAMPLE_POLICY.read_text()
+    text = text.replace('mode = "enforce" ', 'mode = "enforse" ', 1)
+    text = text.replace('deny_destinations = ["embargoed"]       # CU', 'deny_destinations = ["IRN"]       # CU', 1)
+    text = text.replace('unknown_location = "allow"', 'unknown_location = "allow"\nanonymisers = "deny"', 1)
+    (folder / "geofence.toml").write_text(text)
+
+
+SETUPS: dict[str, Callable[[Path], None]] = {"replay": _setup_replay, "invalid-policy": _setup_invalid_policy}
+
+
+@pytest.mark.parametrize("block", blocks("console"))
+def test_console_example(block: Block, scratch: Path) -> None:
+    setup = block.directives.get("setup")
+    if setup is not None:
+        SETUPS[setup](scratch)
+    for command in console_commands(block.text):
+        done = subprocess.run(
+            ["bash", "-c", command.command], cwd=scratch, env=environment(scratch / "home"),
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=120,
+        )  # fmt: skip
+        where = f"{block.id}: $ {command.command}"
+        assert done.returncode == command.status, f"{where}\nexit {done.returncode}\n{done.stdout}"
+        if command.expected:
+            shown = "\n".join(command.expected)
+            assert output_matches(command.expected, done.stdout), (
+                f"{where}\nREADME shows:\n{shown}\n\ngot:\n{done.stdout}"
+            )
+
+
+# -- python: run as a script --------------------------------------------------------------------------------------
+
+
+def _script(block: Block) -> str:
+    if "continues" not in block.directives:
+        return block.text
+    earlier = [b for b in BLOCKS if b.document == block.document and b.language == "python" and b.line < block.line]
+    assert earlier, f"{block.id}: continues, but no python block comes before it"
+    return _script(earlier[-1]) + block.text
+
+
+@pytest.mark.parametrize("block", blocks("python") + blocks("python", directive="continues"))
+def test_python_example(block: Block, scratch: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", _script(block)], cwd=scratch, env=environment(scratch / "home"),
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, f"{block.id}\n{done.stdout}\n{done.stderr}"
+
+
+@pytest.mark.parametrize("block", blocks("python", directive="fragment"))
+def test_python_fragment_compiles(block: Block) -> None:
+    compile(block.text, block.id, "exec")
+
+
+# -- toml: a policy fragment, or a whole policy ---------------------------------------------------------------------
+
+
+def _merge(base: dict[str, Any], fragment: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in fragment.items():
+        merged[key] = _merge(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) \
+            else value  # fmt: skip
+    return merged
+
+
+def _stand_in_databases(policy: dict[str, Any], city: Path, anonymous: Path) -> None:
+    """Production paths (``/var/lib/GeoIP/...``) are replaced by test databases of the same kind."""
+    geoip = policy.get("geoip", {})
+    if "databases" in geoip:
+        geoip["databases"] = [
+            path if Path(path).exists() else str(anonymous if "Anonymous" in path else city)
+            for path in geoip["databases"]
+        ]
+
+
+@pytest.mark.parametrize("block", blocks("toml") + blocks("toml", directive="policy"))
+def test_toml_example_loads(block: Block, scratch: Path, city_db: Path, anonymous_db: Path) -> None:
+    fragment = tomllib.loads(block.text)
+    base = {} if "policy" in block.directives else tomllib.loads(EXAMPLE_POLICY.read_text())
+    policy = _merge(base, fragment)
+    _stand_in_databases(policy, city_db, anonymous_db)
+    reference = policy.get("reference", {}).get("file")
+    if reference:  # the README's own replacement file: a copy of the bundled reference data
+        shutil.copy(data_path("country-groups.toml"), scratch / reference)
+    parse_policy(policy, source=block.id, base_dir=scratch)
+
+
+# -- json ------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("block", blocks("json") + blocks("json", directive="fragment"))
+def test_json_example_parses(block: Block) -> None:
+    text = block.text
+    if "fragment" in block.directives:
+        text = text.replace("{...}", "{}").replace("[...]", "[]")
+    json.loads(text)
+
+
+# -- argv: geofence commands parse with the CLI's own parser ---------------------------------------------------------
+
+
+def geofence_commands(text: str, console: bool) -> Iterator[list[str]]:
+    for line in logical_lines(text):
+        if console and not line.startswith("$ "):
+            continue  # output
+        words = shlex.split(line.removeprefix("$ "), comments=True)
+        for index, word in enumerate(words):
+            if os.path.basename(word) == "geofence":
+                argv = words[index + 1 :]
+                cut = [i for i, w in enumerate(argv) if w in (">", ">>", "<", "|", "&&", "||", ";", "&")]
+                yield argv[: cut[0]] if cut else argv
+                break
+
+
+@pytest.mark.parametrize("block", [p for lang in ("bash", "ini", "console") for p in blocks(lang, directive="argv")])
+def test_geofence_commands_parse(block: Block) -> None:
+    commands = list(geofence_commands(block.text, block.language == "console"))
+    assert commands, f"{block.id}: marked argv, but has no geofence command"
+    for argv in commands:
+        try:
+            _parser().parse_args(argv)
+        except SystemExit as exc:
+            pytest.fail(f"{block.id}: geofence {shlex.join(argv)} does not parse (exit {exc.code})")
+
+
+# -- demo: curl against a real `geofence demo` --------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def demo_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, dict[str, str]]]:
+    home = tmp_path_factory.mktemp("demo-home")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = environment(home)
+    server = subprocess.Popen(
+        [str(BIN / "geofence"), "demo", "--port", str(port)], env=env,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+
+    def listening() -> bool:
+        with socket.socket() as client:
+            return client.connect_ex(("127.0.0.1", port)) == 0
+
+    try:
+        assert wait_until(listening, timeout=20), "geofence demo did not start"
+        yield port, env
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+def _expectations(comment: str) -> tuple[str, list[str]]:
+    """``# 451 destination_denied (Russia)`` -> ("451", ["destination_denied"])."""
+    words = comment.split("(")[0].replace(",", " ").split()
+    return words[0], words[1:]
+
+
+@pytest.mark.parametrize("block", blocks("bash", directive="demo"))
+def test_demo_requests(block: Block, demo_server: tuple[int, dict[str, str]]) -> None:
+    port, env = demo_server
+    checked = 0
+    for line in logical_lines(block.text):
+        if not line.startswith("curl "):
+            assert line.startswith("geofence demo"), f"{block.id}: only curl commands and the server: {line!r}"
+            continue
+        command, _, comment = line.rpartition("#")
+        status, words = _expectations(comment)
+        command = command.replace("localhost:8000", f"127.0.0.1:{port}") + " -w '\\n%{http_code}'"
+        done = subprocess.run(["bash", "-c", command], env=env, capture_output=True, text=True, timeout=60)
+        body, _, got = done.stdout.rpartition("\n")
+        assert got == status, f"{block.id}: {line}\ngot {got}: {body}"
+        for word in words:
+            assert word in body, f"{block.id}: {line}\n{word!r} not in {body}"
+        checked += 1
+    assert checked, f"{block.id}: marked demo, but has no curl command"
