@@ -52,10 +52,14 @@ _INFORMATIONAL: Final = frozenset({EXEMPT, REPORT_ONLY})
 
 
 class Reason(NamedTuple):
+    """Why a decision came out as it did: a stable machine ``code`` (e.g. ``destination_denied``) and a
+    human ``detail``; a denial lists every reason, not only the first."""
+
     code: str
     detail: str
 
     def as_dict(self) -> dict[str, str]:
+        """JSON-ready form, as denial bodies and audit records carry it."""
         return {"code": self.code, "detail": self.detail}
 
 
@@ -77,6 +81,7 @@ class Decision(NamedTuple):
         return any(r.code not in _INFORMATIONAL for r in self.reasons)
 
     def as_dict(self) -> dict[str, Any]:
+        """JSON-ready form with the facts it used (``geofence check --json``)."""
         return {
             "allowed": self.allowed,
             "status": self.status,

@@ -141,6 +141,7 @@ class Identity:
     fact about the person: left out of equality and of :meth:`as_dict`."""
 
     def as_dict(self) -> dict[str, Any]:
+        """JSON-ready form for decisions and audit records: hashed subject, no token, no ``expires``."""
         return {
             "us_person": self.us_person,
             "nationalities": list(self.nationalities),

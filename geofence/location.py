@@ -30,6 +30,7 @@ class Anonymizer(NamedTuple):
         return True in self
 
     def as_dict(self) -> dict[str, bool]:
+        """The five flags by name, JSON-ready (``geofence lookup --json``'s ``anonymizer``)."""
         return self._asdict()
 
 
@@ -44,9 +45,11 @@ class DatabaseInfo(NamedTuple):
 
     @property
     def build_date(self) -> date:
+        """The UTC day the database was built: what freshness (``max_age_days``) is measured from."""
         return datetime.fromtimestamp(self.build_epoch, UTC).date()
 
     def as_dict(self) -> dict[str, Any]:
+        """JSON-ready form, as decisions, audit records and ``geofence lookup --json`` show it."""
         return {"path": self.path, "type": self.type, "build_date": self.build_date.isoformat()}
 
 
@@ -77,6 +80,7 @@ class Location(NamedTuple):
 
     @property
     def geolocatable(self) -> bool:
+        """True when some database named a country; False for special-purpose ranges and unlisted addresses."""
         return self.country is not None
 
     def as_dict(self) -> dict[str, Any]:

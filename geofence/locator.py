@@ -74,6 +74,7 @@ class Locator:
 
     @property
     def databases(self) -> tuple[GeoDatabase, ...]:
+        """The open databases, highest priority first."""
         return self._databases
 
     @property
