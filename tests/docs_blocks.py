@@ -17,7 +17,9 @@ Directives: ``fragment`` (only the syntax is checked; ``{...}`` and ``[...]`` st
 not a fragment), ``argv`` (every ``geofence`` command in the block must parse with the CLI's own parser; the
 other commands are not run), ``demo`` (every ``curl`` runs against a real ``geofence demo`` server and must get
 the status, and the reason codes, that its ``# comment`` states), ``setup=NAME`` (files a console block's
-commands need, made by the test), ``skip: WHY`` (not run; the reason is required).
+commands need, made by the test), ``output=NAME`` (a json or text block showing what geofence writes: the
+test makes geofence write it and compares — text as console output is compared, JSON key by key, with values
+that depend on the moment or the machine loosened), ``skip: WHY`` (not run; the reason is required).
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ DOCUMENTS = ("README.md", "data/README.md")
 
 _FENCE = re.compile(r"^```(\S*)\s*$")
 _MARKER = re.compile(r"^<!-- doc: (.+?) -->$")
-DIRECTIVES = ("fragment", "continues", "policy", "argv", "demo", "setup", "skip")
+DIRECTIVES = ("fragment", "continues", "policy", "argv", "demo", "setup", "output", "skip")
 LANGUAGES = ("console", "python", "toml", "json", "bash", "ini", "text")
 
 
@@ -135,6 +137,7 @@ def console_commands(text: str) -> list[ConsoleCommand]:
 _VOLATILE = (
     (re.compile(r"\b[0-9a-f]{16}\b"), "<version>"),  # policy versions: a hash of the effective policy
     (re.compile(r"(age days\s+)\d+"), r"\1<days>"),  # a database's age, which grows every day
+    (re.compile(r"(request_id=)\S+"), r"\1<id>"),  # a new id per request, random per process
 )
 
 

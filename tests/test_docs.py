@@ -96,43 +96,51 @@ def test_output_matching_is_loose_only_where_it_says() -> None:
 # -- console: run, compare ----------------------------------------------------------------------------------------
 
 
+def _demo_policy(**tables: Any) -> dict[str, Any]:
+    """The example policy, trusting 127.0.0.1 as a proxy (``X-Forwarded-For`` picks the client), plus *tables*."""
+    policy = tomllib.loads(EXAMPLE_POLICY.read_text())
+    policy["proxies"] = {"trusted": ["127.0.0.1/32"], "header": "x-forwarded-for"}
+    policy.update(tables)
+    return policy
+
+
+async def _ok(scope: Any, receive: Any, send: Any) -> None:
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b"ok"})
+
+
+def _middleware(policy: dict[str, Any]) -> Any:
+    from geofence import GeofenceMiddleware
+
+    return GeofenceMiddleware(_ok, config=policy)
+
+
+def _request(middleware: Any, path: str, client: str, headers: tuple[tuple[bytes, bytes], ...] = ()) -> Any:
+    """One GET through *middleware* (in process, real ASGI messages) from *client* via the trusted proxy:
+    (status, headers, body)."""
+    import asyncio
+
+    sent: list[Any] = []
+
+    async def receive() -> Any:
+        return {"type": "http.request", "body": b""}
+
+    async def send(message: Any) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "method": "GET", "path": path, "raw_path": path.encode("latin-1"), "root_path": "",
+             "query_string": b"", "client": ("127.0.0.1", 5000),
+             "headers": [(b"host", b"api"), (b"x-forwarded-for", client.encode()), *headers]}  # fmt: skip
+    asyncio.run(middleware(scope, receive, send))
+    return sent[0]["status"], sent[0]["headers"], sent[1]["body"]
+
+
 def _setup_replay(folder: Path) -> None:
     """``audit.jsonl`` with four allowed EAR99 requests (US, GB, DE, JP), written by the real middleware, and
     ``new-policy.toml``: the example policy with GB added to EAR99's denied destinations."""
-    import asyncio
-
-    from geofence import GeofenceMiddleware
-
-    policy = tomllib.loads(EXAMPLE_POLICY.read_text())
-    policy["proxies"] = {"trusted": ["127.0.0.1/32"], "header": "x-forwarded-for"}
-    policy["audit"] = {"path": str(folder / "audit.jsonl")}
-
-    async def app(scope: Any, receive: Any, send: Any) -> None:
-        await send({"type": "http.response.start", "status": 200, "headers": []})
-        await send({"type": "http.response.body", "body": b"ok"})
-
-    middleware = GeofenceMiddleware(app, config=policy)
-
-    async def request(address: str) -> None:
-        scope = {"type": "http", "method": "GET", "path": "/v1/models", "raw_path": b"/v1/models",
-                 "root_path": "", "query_string": b"", "client": ("127.0.0.1", 5000),
-                 "headers": [(b"host", b"api"), (b"x-forwarded-for", address.encode())]}  # fmt: skip
-        sent: list[Any] = []
-
-        async def receive() -> Any:
-            return {"type": "http.request", "body": b""}
-
-        async def send(message: Any) -> None:
-            sent.append(message)
-
-        await middleware(scope, receive, send)
-        assert sent[0]["status"] == 200
-
-    async def main() -> None:
-        for address in ("8.8.8.8", "81.2.69.142", "2a00:1450:4001:81b::200e", "133.11.0.1"):
-            await request(address)
-
-    asyncio.run(main())
+    middleware = _middleware(_demo_policy(audit={"path": str(folder / "audit.jsonl")}))
+    for address in ("8.8.8.8", "81.2.69.142", "2a00:1450:4001:81b::200e", "133.11.0.1"):
+        assert _request(middleware, "/v1/models", address)[0] == 200
     middleware.close()
     new = EXAMPLE_POLICY.read_text().replace(
         'deny_destinations = ["embargoed"]       # CU', 'deny_destinations = ["embargoed", "GB"]       # CU', 1
@@ -230,15 +238,96 @@ def test_toml_example_loads(block: Block, scratch: Path, city_db: Path, anonymou
     parse_policy(policy, source=block.id, base_dir=scratch)
 
 
-# -- json ------------------------------------------------------------------------------------------------------------
+# -- json and text: examples of geofence's own output -------------------------------------------------------------
+
+
+def _decision_log(folder: Path, log_format: str, path: str, headers: tuple[tuple[bytes, bytes], ...] = ()) -> str:
+    """The decision log line for a request from Russia (5.255.255.5) on an EAR99 route."""
+    import logging
+
+    lines: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: lines.append(record.getMessage())  # type: ignore[method-assign]
+    logger = logging.getLogger("geofence.decision")
+    logger.addHandler(handler)
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    try:
+        middleware = _middleware(_demo_policy(logging={"format": log_format}))
+        assert _request(middleware, path, "5.255.255.5", headers)[0] == 451
+        middleware.close()
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    assert len(lines) == 1, lines
+    return lines[0]
+
+
+def _health(folder: Path) -> str:
+    """The health report after a refused reload (the policy file broken while the service runs)."""
+    from geofence import GeofenceMiddleware
+
+    policy = folder / "geofence.toml"
+    tables = '\n[health]\npath = "/_geofence/health"\n[audit]\npath = "audit.jsonl"\n'
+    policy.write_text(EXAMPLE_POLICY.read_text() + tables)
+    middleware = GeofenceMiddleware(_ok, config=str(policy), reload_interval=3600)
+    policy.write_text("[defaults\n")
+    middleware.reload()
+    status, _, body = _request(middleware, "/_geofence/health", "8.8.8.8")
+    middleware.close()
+    assert status == 200
+    return str(body.decode())
+
+
+OUTPUTS: dict[str, Callable[[Path], str]] = {
+    "log-text": lambda folder: _decision_log(folder, "text", "/x\r\ndeny GET /forged"),
+    "log-json": lambda folder: _decision_log(folder, "json", "/x", ((b"x-request-id", b"req-42"),)),
+    "health": _health,
+}
+SHAPE_ONLY = frozenset({"health"})  # the example shows another moment of a service's life: keys are compared
+# Values an example may show differently from a run: they depend on the moment, the machine or the policy file.
+VOLATILE = frozenset({"policy", "policy_version", "request_id", "time", "path", "build_date", "age_days", "type"})
+
+
+def _same(shown: Any, actual: Any, where: str = "", values: bool = True) -> list[str]:
+    """Where *shown* differs from *actual*: every key the same, every value too (with *values*) unless VOLATILE
+    or elided."""
+    if shown == {} or shown == []:  # {...} / [...]: elided in the example
+        return []
+    if isinstance(shown, dict) and isinstance(actual, dict):
+        problems = [f"{where}: keys {sorted(shown)} shown, {sorted(actual)} given"] if shown.keys() != actual.keys() \
+            else []  # fmt: skip
+        for key in shown.keys() & actual.keys():
+            if key not in VOLATILE:
+                problems += _same(shown[key], actual[key], f"{where}.{key}", values)
+        return problems
+    if isinstance(shown, list) and isinstance(actual, list) and shown and actual and isinstance(shown[0], dict):
+        return _same(shown[0], actual[0], f"{where}[0]", values)
+    if not values and (shown is None) == (actual is None):
+        return []
+    if shown == actual or (isinstance(shown, str) and "..." in shown):
+        return []
+    return [f"{where}: {shown!r} != {actual!r}"]
+
+
+def _json_text(block: Block) -> str:
+    return block.text.replace("{...}", "{}").replace("[...]", "[]")
 
 
 @pytest.mark.parametrize("block", blocks("json") + blocks("json", directive="fragment"))
 def test_json_example_parses(block: Block) -> None:
-    text = block.text
-    if "fragment" in block.directives:
-        text = text.replace("{...}", "{}").replace("[...]", "[]")
-    json.loads(text)
+    json.loads(_json_text(block))
+
+
+@pytest.mark.parametrize("block", blocks("json", directive="output") + blocks("text", directive="output"))
+def test_output_example_is_what_geofence_writes(block: Block, scratch: Path) -> None:
+    actual = OUTPUTS[block.directives["output"]](scratch)
+    if block.language == "text":
+        assert output_matches(block.text.splitlines(), actual), f"{block.id}\nshown:\n{block.text}\ngot:\n{actual}"
+        return
+    output = block.directives["output"]
+    problems = _same(json.loads(_json_text(block)), json.loads(actual), values=output not in SHAPE_ONLY)
+    assert not problems, f"{block.id}\n" + "\n".join(problems) + f"\ngot: {actual}"
 
 
 # -- argv: geofence commands parse with the CLI's own parser ---------------------------------------------------------
