@@ -20,6 +20,7 @@ __all__ = [
     "expiring_websocket",
     "header",
     "private_responses",
+    "private_when",
     "refuse_lifespan",
     "send_denial",
     "send_json",
@@ -104,6 +105,16 @@ def _send_private(send: Send, message: Message) -> Awaitable[None]:
         else:
             message["headers"] = [*headers, _PRIVATE]
     return send(message)
+
+
+def private_when(marks: list[str], send: Send) -> Send:
+    """Like :func:`private_responses`, but only if *marks* is non-empty when the response starts: a
+    per-endpoint helper allowed a class that can deny anyone, after the route's own class needed no marking."""
+    return partial(_send_private_when, marks, send)
+
+
+def _send_private_when(marks: list[str], send: Send, message: Message) -> Awaitable[None]:
+    return _send_private(send, message) if marks else send(message)
 
 
 def _make_private(headers: Any) -> list[tuple[bytes, bytes]]:

@@ -2,7 +2,8 @@
 
 The middleware decides each request by its route rules. These helpers let one endpoint demand a class in
 code as well — re-deciding with the facts the middleware already gathered (no second lookup), so a route the
-policy file forgot is still protected where the code says so.
+policy file forgot is still protected where the code says so. :func:`check_class` and :func:`denial_parts`
+are framework-neutral: ``geofence.litestar`` and ``geofence.django`` build on them.
 """
 
 from __future__ import annotations
@@ -12,9 +13,19 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any, TypeVar
 
 from .decision import LOCATION_UNKNOWN, Decision, decide, error_decision
-from .middleware import CLIENT_KEY, MIDDLEWARE_KEY, POLICY_KEY, STATE_KEY
+from .middleware import CLIENT_KEY, MIDDLEWARE_KEY, POLICY_KEY, STATE_KEY, expect_endpoint_checks
 
-__all__ = ["GeofenceDenied", "check_class", "install_handler", "require_class", "requires_class"]
+__all__ = [
+    "GeofenceDenied",
+    "check_class",
+    "denial_parts",
+    "enforce_class",
+    "install_handler",
+    "require_class",
+    "requires_class",
+]
+
+_NO_MIDDLEWARE = "GeofenceMiddleware must run before a geofence endpoint requirement"
 
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 
@@ -33,7 +44,7 @@ def check_class(scope: MutableMapping[str, Any], export_class: str) -> Decision:
     current: Decision | None = state.get(STATE_KEY)
     policy = state.get(POLICY_KEY)
     if current is None or policy is None:
-        raise RuntimeError("GeofenceMiddleware must run before a geofence endpoint requirement")
+        raise RuntimeError(_NO_MIDDLEWARE)
     if export_class not in policy.classes:
         return error_decision(policy, export_class, f"unknown class {export_class!r}", current.location)
     if current.export_class == export_class:
@@ -56,6 +67,15 @@ def check_class(scope: MutableMapping[str, Any], export_class: str) -> Decision:
     )  # fmt: skip
 
 
+def enforce_class(scope: MutableMapping[str, Any], export_class: str) -> Decision:
+    """:func:`check_class`, as a helper enforcing it: the decision is recorded like the middleware's own (log,
+    audit trail, ``on_decision``, counters) and an allowed response is marked ``Cache-Control: private`` when
+    the class can deny anyone. (:func:`check_class` alone only asks: nothing is recorded.)"""
+    decision = check_class(scope, export_class)
+    middleware = (scope.get("state") or {}).get(MIDDLEWARE_KEY)
+    return middleware.enforced(decision, scope) if middleware is not None else decision
+
+
 def require_class(export_class: str) -> Callable[..., Decision]:
     """A FastAPI dependency: ``@app.get("/weights", dependencies=[Depends(require_class("4E091"))])``.
 
@@ -64,8 +84,10 @@ def require_class(export_class: str) -> Callable[..., Decision]:
     """
     from starlette.requests import Request
 
+    expect_endpoint_checks()
+
     def dependency(request: Request) -> Decision:
-        decision = check_class(request.scope, export_class)
+        decision = enforce_class(request.scope, export_class)
         if not decision.allowed:
             raise GeofenceDenied(decision)
         return decision
@@ -80,10 +102,12 @@ def requires_class(export_class: str) -> Callable[[F], F]:
     from starlette.requests import Request
     from starlette.responses import Response
 
+    expect_endpoint_checks()
+
     def decorate(endpoint: F) -> F:
         @functools.wraps(endpoint)
         async def wrapper(request: Request, *args: Any, **kwargs: Any) -> Any:
-            decision = check_class(request.scope, export_class)
+            decision = enforce_class(request.scope, export_class)
             if not decision.allowed:
                 return _response(decision, request, Response)
             return await endpoint(request, *args, **kwargs)
@@ -106,8 +130,18 @@ def install_handler(app: Any) -> None:
     app.add_exception_handler(GeofenceDenied, handler)
 
 
+def denial_parts(decision: Decision, scope: MutableMapping[str, Any]) -> tuple[int, list[tuple[str, str]], bytes]:
+    """The middleware's own denial of *decision* (same headers, body and custom hook) as status, headers and
+    body for a framework's response class; ``content-length`` is left out, as each framework sets its own."""
+    middleware = (scope.get("state") or {}).get(MIDDLEWARE_KEY)
+    if middleware is None:
+        raise RuntimeError(_NO_MIDDLEWARE)
+    denial = middleware.denial(decision, scope)
+    headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in denial.headers if k.lower() != b"content-length"]
+    return denial.status, headers, denial.body
+
+
 def _response(decision: Decision, request: Any, response_class: Any) -> Any:
-    """The middleware's own denial (same headers, same custom hook), as a Starlette response."""
-    denial = request.scope["state"][MIDDLEWARE_KEY].denial(decision, request.scope)
-    headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in denial.headers if k != b"content-length"}
-    return response_class(denial.body, status_code=denial.status, headers=headers)
+    """The middleware's own denial as a Starlette response."""
+    status, headers, body = denial_parts(decision, request.scope)
+    return response_class(body, status_code=status, headers=dict(headers))

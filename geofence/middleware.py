@@ -25,7 +25,16 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMappi
 from functools import partial
 from typing import Any, Final
 
-from .asgi import buffer_body, expiring_websocket, header, private_responses, refuse_lifespan, send_denial, send_json
+from .asgi import (
+    buffer_body,
+    expiring_websocket,
+    header,
+    private_responses,
+    private_when,
+    refuse_lifespan,
+    send_denial,
+    send_json,
+)
 from .decision import AUDIT_UNAVAILABLE, ERROR, Decision, Reason, decide, error_decision
 from .errors import GeofenceError
 from .freshness import stale_decision, stale_message
@@ -33,7 +42,7 @@ from .health import health_report
 from .identity import Identity, IdentityError
 from .location import Location
 from .policy import Policy
-from .recording import DecisionRecorder, printable
+from .recording import DecisionRecorder, printable, request_id
 from .reloader import Reloader
 from .request import Refused, RequestFacts, read_request, request_key
 from .responses import DenialResponse, ResponseConfig, denial_response
@@ -58,7 +67,10 @@ POLICY_KEY: Final = "geofence.policy"
 MIDDLEWARE_KEY: Final = "geofence.middleware"
 CLIENT_KEY: Final = "geofence.client"
 """The resolved client (location, why there is none, exempt network, broken chain) for per-endpoint checks."""
+PRIVATE_KEY: Final = "geofence.private"
+"""Classes per-endpoint helpers allowed for this request that make its response private (see :func:`_markable`)."""
 _INTERNAL_ERROR_CLASS: Final = "unknown"
+_endpoint_checks = False  # set by expect_endpoint_checks(): some per-endpoint helper exists in this process
 _CACHEABLE: Final = frozenset({"GET", "HEAD"})  # what shared caches store without explicit opt-in
 
 
@@ -168,7 +180,11 @@ class GeofenceMiddleware:
         if plain and (state.stale_at is None or time.time() < state.stale_at):
             # The warm path: an allowed decision with nothing to record.
             _publish(scope, decision, state.policy, self, where)
-            await self.app(scope, receive, private_responses(send) if private else send)
+            if private:
+                send = private_responses(send)
+            elif _endpoint_checks:
+                send = _markable(state, scope, send)
+            await self.app(scope, receive, send)
             return
         if decision is None:
             try:
@@ -228,27 +244,17 @@ class GeofenceMiddleware:
             decision = error_decision(state.policy, decision.export_class, detail, code=AUDIT_UNAVAILABLE)
         scope_state = _publish(scope, decision, state.policy, self, where)
         client = where.client if where is not None else None
-        if decision.allowed:
-            if decision.reasons and decision.would_deny:
-                self.recorder.record("would_deny", decision, scope, state, client)
-            elif (
-                decision.export_class in state.audited
-                and not self.recorder.allowed(decision, scope, state, client)
-                and audit is not None
-                and audit.on_failure == "deny"
-            ):  # not recorded: not served
-                detail = "audit record could not be queued (on_failure = deny)"
-                decision = error_decision(state.policy, decision.export_class, detail, code=AUDIT_UNAVAILABLE)
-                scope_state[STATE_KEY] = decision
+        decision = scope_state[STATE_KEY] = self.recorder.decided(decision, scope, state, client)
         if decision.allowed:
             if private:
                 send = private_responses(send)
+            elif _endpoint_checks:
+                send = _markable(state, scope, send)
             identity = decision.identity
             if scope["type"] == "websocket" and identity is not None and identity.expires is not None:
                 receive, send = expiring_websocket(receive, send, identity.expires + state.websocket_grace)
             await self.app(scope, receive, send)
             return
-        self.recorder.record("deny", decision, scope, state, client)
         await send_denial(scope, receive, send, self._denial(state, decision, scope))
 
     def _stale(self, state: State, decision: Decision) -> Decision:
@@ -264,7 +270,8 @@ class GeofenceMiddleware:
         """Without a valid policy nothing is served: 503, never the app, never a traceback."""
         reason = Reason(ERROR, self.startup_error or "no policy")
         decision = Decision(False, 503, _INTERNAL_ERROR_CLASS, "enforce", (reason,), "none", None, None)
-        await send_denial(scope, receive, send, denial_response(decision, ResponseConfig(), header(scope, b"accept")))
+        response = denial_response(decision, ResponseConfig(), header(scope, b"accept"), request_id=request_id(scope))
+        await send_denial(scope, receive, send, response)
 
     def _front(self, state: State, scope: Scope, facts: RequestFacts) -> tuple[Front, bool]:
         """Route and client location for a request key not seen before, and the decision itself when no
@@ -375,19 +382,51 @@ class GeofenceMiddleware:
             return None, str(exc)
         return None, None
 
+    def enforced(self, decision: Decision, scope: Scope) -> Decision:
+        """A per-endpoint helper enforces *decision*, a class the code demands: record it as the middleware's
+        own decisions are (log, audit, ``on_decision``), mark an allowed response private when its class can
+        deny anyone, and return the decision to act on."""
+        state, scope_state = self._live.state, scope.get("state") or {}
+        if state is None or decision is scope_state.get(STATE_KEY):
+            return decision  # the middleware's own decision: recorded already
+        where = scope_state.get(CLIENT_KEY)
+        decision = self.recorder.decided(decision, scope, state, where.client if where is not None else None)
+        marks = scope_state.get(PRIVATE_KEY)
+        if marks is not None and decision.allowed and decision.export_class in state.private_classes:
+            marks.append(decision.export_class)
+        return decision
+
     def denial(self, decision: Decision, scope: Scope) -> DenialResponse:
         """The response for a denied *decision* of a request (also used by the per-endpoint helpers)."""
         if self._state is None:
-            return denial_response(decision, ResponseConfig(), header(scope, b"accept"))
+            return denial_response(decision, ResponseConfig(), header(scope, b"accept"), request_id=request_id(scope))
         return self._denial(self._state, decision, scope)
 
     def _denial(self, state: State, decision: Decision, scope: Scope) -> DenialResponse:
-        accept = header(scope, b"accept")
+        """The denial response, with the request id the decision's log line and audit record carry."""
+        accept, rid, config = header(scope, b"accept"), request_id(scope), state.responses
         try:
-            return denial_response(decision, state.responses, accept, scope)
+            return denial_response(decision, config, accept, scope, rid)
         except Exception:
-            log.exception("geofence: deny_response hook failed; sending the standard denial")
-            return denial_response(decision, dataclasses.replace(state.responses, hook=None), accept)
+            log.exception("geofence: deny_response hook or denial template failed; sending the standard denial")
+            return denial_response(decision, dataclasses.replace(config, hook=None, template=None), accept, None, rid)
+
+
+def expect_endpoint_checks() -> None:
+    """A per-endpoint helper (``require_class`` and friends) was created: from now on an allowed GET or HEAD
+    whose own class is not marked private gets a send that marks it private if a helper allows a class that
+    can deny anyone. Processes without helpers pay nothing for it."""
+    global _endpoint_checks
+    _endpoint_checks = True
+
+
+def _markable(state: State, scope: Scope, send: Send) -> Send:
+    """*send*, marking the response private once a helper records a restricting class in ``PRIVATE_KEY``."""
+    if scope.get("method") not in _CACHEABLE or not state.private_classes:
+        return send
+    marks: list[str] = []
+    scope["state"][PRIVATE_KEY] = marks
+    return private_when(marks, send)
 
 
 def _publish(

@@ -28,6 +28,7 @@ from .policy_audit import AuditConfig, audit_config
 from .policy_checks import Checker, Problem, keys_of
 from .policy_classes import MODES, ClassPolicy, PersonRule, compile_class
 from .policy_identity import TOKEN_KEYS, token_config
+from .policy_response import ResponseSettings, response_settings
 from .resources import data_path
 from .routes import DEFAULT_MAX_BODY, RouteRule, RouteTable
 from .token_config import TokenConfig
@@ -87,9 +88,8 @@ class Policy:
     trusted_proxies: tuple[tuple[int, int, str], ...]
     """Inclusive key ranges with their text; the pseudo-network ``unix`` trusts Unix-socket peers."""
     proxy_header: str
-    blocked_by: str | None
-    private_cache: bool
-    """Mark allowed GET/HEAD responses of restricting classes ``Cache-Control: private``."""
+    response: ResponseSettings
+    """How denials look (``[response]``): ``blocked_by``, ``private_cache``, ``contact``, the page template."""
     claim_names: ClaimNames
     tokens: TokenConfig | None
     """How to verify identity tokens; None when the policy configures no key source."""
@@ -254,14 +254,7 @@ def parse_policy(data: Mapping[str, Any], *, source: str = "<policy>", base_dir:
             check.error(f"exempt.paths[{i}]", f"{glob!r} must start with '/'")
     exempt_networks = tuple(check.networks(exempt.get("networks"), "exempt.networks"))
 
-    response = check.table(top.get("response"), "response", ("blocked_by", "private_cache"))
-    blocked_by = check.string(response.get("blocked_by"), "response.blocked_by")
-    private_cache = response.get("private_cache", True)
-    if not isinstance(private_cache, bool):
-        check.error("response.private_cache", "must be true or false")
-        private_cache = True
-    if blocked_by is not None and not re.fullmatch(r"[a-zA-Z][a-zA-Z0-9+.-]*:[^\s<>\"]+", blocked_by):
-        check.error("response.blocked_by", f"{blocked_by!r} is not an absolute URI")
+    response = response_settings(top.get("response"), base_dir, check)
 
     identity = check.table(top.get("identity"), "identity", _CLAIM_KEYS + TOKEN_KEYS)
     claim_names = ClaimNames(
@@ -297,8 +290,7 @@ def parse_policy(data: Mapping[str, Any], *, source: str = "<policy>", base_dir:
         load=load,
         trusted_proxies=trusted,
         proxy_header=header.lower(),
-        blocked_by=blocked_by,
-        private_cache=private_cache,
+        response=response,
         claim_names=claim_names,
         tokens=tokens,
         reference=reference,
@@ -395,8 +387,8 @@ def _with_version(policy: Policy) -> Policy:
         "max_age_days": policy.max_age_days,
         "on_stale": policy.on_stale,
         "trusted_proxies": [text for _, _, text in policy.trusted_proxies],
-        "blocked_by": policy.blocked_by,
-        "private_cache": policy.private_cache,
+        "blocked_by": policy.response.blocked_by,  # contact and the page change no decision: not versioned
+        "private_cache": policy.response.private_cache,
         "proxy_header": policy.proxy_header,
         "claim_names": plain(policy.claim_names),
         "tokens": plain(policy.tokens),

@@ -1,6 +1,8 @@
 """The one seam through which every recorded decision passes: counters, the decision log line, the app's hook.
 
-The middleware calls :meth:`DecisionRecorder.record` once per denial or report-mode would-be denial. The log
+The middleware (and a per-endpoint helper enforcing a class the code demands) calls
+:meth:`DecisionRecorder.decided` once per decision: denials and report-mode would-be denials are counted, logged
+and audited; allowed decisions go to the audit trail when ``[audit] include`` asks for them. The log
 line names the *resolved* client (its network and country), not the proxy it came through, and escapes every
 control character in client-supplied text, so a path with CR/LF cannot forge a second log line.
 """
@@ -14,7 +16,7 @@ from collections.abc import Callable, MutableMapping
 from typing import Any, Final, Protocol
 
 from .audit import AuditWriter
-from .decision import Decision
+from .decision import AUDIT_UNAVAILABLE, Decision, error_decision
 from .metrics import Metrics
 from .policy import Policy
 from .request import header_request_id
@@ -65,6 +67,7 @@ class Sinks(Protocol):
     metrics: Metrics | None
     audit: AuditWriter | None
     restricting: frozenset[str]
+    audited: frozenset[str]
 
 
 class DecisionRecorder:
@@ -74,6 +77,28 @@ class DecisionRecorder:
         self.on_decision = on_decision
         self.stats: Counter[tuple[str, str, str]] = Counter()
         """By (outcome, export class, reason code)."""
+
+    def decided(
+        self, decision: Decision, scope: MutableMapping[str, Any], sinks: Sinks, client: str | None
+    ) -> Decision:
+        """Record *decision* as the policy asks and return the decision to act on: under ``[audit] on_failure =
+        "deny"``, an allowed decision that could not be recorded becomes a 503 ``audit_unavailable``."""
+        if decision.allowed:
+            if decision.reasons and decision.would_deny:
+                self.record("would_deny", decision, scope, sinks, client)
+                return decision
+            audit = sinks.audit
+            if (
+                decision.export_class not in sinks.audited
+                or self.allowed(decision, scope, sinks, client)
+                or audit is None
+                or audit.on_failure != "deny"
+            ):
+                return decision
+            detail = "audit record could not be queued (on_failure = deny)"  # not recorded: not served
+            decision = error_decision(sinks.policy, decision.export_class, detail, code=AUDIT_UNAVAILABLE)
+        self.record("deny", decision, scope, sinks, client)
+        return decision
 
     def allowed(self, decision: Decision, scope: MutableMapping[str, Any], sinks: Sinks, client: str | None) -> bool:
         """An allowed decision: only the audit trail may want it (``include``), and cheaply — this is the

@@ -179,7 +179,9 @@ def build_state(
         watched=frozenset(proxies.watched),
         needs_host=policy.routes.needs_host,
         responses=ResponseConfig(
-            blocked_by=policy.blocked_by,
+            blocked_by=policy.response.blocked_by,
+            contact=policy.response.contact,
+            template=policy.response.template,
             vary=("Accept", "Authorization", "Cookie", policy.proxy_header.title()),
             hook=deny_hook,
         ),
@@ -187,7 +189,7 @@ def build_state(
         websocket_grace=policy.tokens.websocket_grace_seconds if policy.tokens is not None else 0.0,
         identity_classes=frozenset(name for name, c in policy.classes.items() if c.persons.kind != "any"),
         restricting=restricting,
-        private_classes=restricting if policy.private_cache else frozenset(),
+        private_classes=restricting if policy.response.private_cache else frozenset(),
         stale_at=stale_at((db.info for db in locator.databases), policy.max_age_days),
         metrics=metrics() if policy.metrics else None,
         audit=audit_writer(policy.audit, previous),
@@ -233,11 +235,13 @@ def _record_allowed(policy: Policy, restricting: frozenset[str]) -> frozenset[st
 
 
 def signature(path: Path | None, policy: Policy | None) -> tuple[Any, ...]:
-    """What the watcher compares: the policy file and the databases it names, by inode, size and mtime."""
+    """What the watcher compares: the policy file and the files it names (databases, key files, the denial
+    page), by inode, size and mtime."""
     paths = [path] if path is not None else []
     if policy is not None:
         paths += [Path(p) for p in policy.databases or ()]
         paths += list(policy.tokens.key_files if policy.tokens is not None else ())
+        paths += [policy.response.template_path] if policy.response.template_path is not None else []
     found: list[tuple[Any, ...]] = []
     for watched in paths:
         try:

@@ -231,7 +231,7 @@ def test_response_and_proxy_sections() -> None:
             "proxies": {"trusted": ["unix", "10.0.0.0/8"], "header": "Forwarded"},
         }
     )
-    assert policy.blocked_by == "https://example.com/export"
+    assert policy.response.blocked_by == "https://example.com/export"
     assert [text for _, _, text in policy.trusted_proxies] == ["unix", "10.0.0.0/8"]
     assert policy.proxy_header == "forwarded"
     found = problems({**MINIMAL, "response": {"blocked_by": "not a uri"}, "proxies": {"header": "bad header"}})

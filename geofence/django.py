@@ -1,0 +1,67 @@
+"""Per-endpoint requirements for Django views served by Django's ASGI handler behind :class:`GeofenceMiddleware`.
+
+``@require_class("4E091")`` on a view (sync or async) re-decides the request for that class from the facts the
+middleware already gathered, like :func:`geofence.check_class`, and answers a denial with the middleware's own
+451 / 401 / 503 as an ``HttpResponse``. The facts travel in the ASGI scope (``request.scope``), which only
+Django's ASGI handler has: under WSGI, or with no middleware in front, the decorator raises RuntimeError on
+every request — it never lets a request through that it could not decide.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any, TypeVar, cast
+
+from asgiref.sync import iscoroutinefunction
+from django.http import HttpResponse  # type: ignore[import-untyped]  # Django ships no types (django-stubs does)
+
+from .integrations import denial_parts, enforce_class
+from .middleware import expect_endpoint_checks
+
+__all__ = ["require_class"]
+
+V = TypeVar("V", bound=Callable[..., Any])
+
+
+def require_class(export_class: str) -> Callable[[V], V]:
+    """A view decorator: answer the middleware's standard denial unless *export_class* is allowed."""
+    expect_endpoint_checks()
+
+    def decorate(view: V) -> V:
+        if iscoroutinefunction(view):
+
+            @functools.wraps(view)
+            async def async_view(request: Any, *args: Any, **kwargs: Any) -> Any:
+                denied = _denied(request, export_class)
+                return denied if denied is not None else await view(request, *args, **kwargs)
+
+            return cast(V, async_view)
+
+        @functools.wraps(view)
+        def sync_view(request: Any, *args: Any, **kwargs: Any) -> Any:
+            denied = _denied(request, export_class)
+            return denied if denied is not None else view(request, *args, **kwargs)
+
+        return cast(V, sync_view)
+
+    return decorate
+
+
+def _denied(request: Any, export_class: str) -> Any:
+    """None when allowed; else the middleware's own denial as an ``HttpResponse``."""
+    scope = getattr(request, "scope", None)
+    if scope is None:
+        raise RuntimeError(
+            "geofence.django.require_class needs Django's ASGI handler behind GeofenceMiddleware "
+            "(this request has no ASGI scope: is it served by WSGI?)"
+        )
+    decision = enforce_class(scope, export_class)
+    if decision.allowed:
+        return None
+    status, headers, body = denial_parts(decision, scope)
+    response = HttpResponse(body, status=status)
+    for name, value in headers:
+        response.headers[name] = value
+    response.headers["content-length"] = str(len(body))
+    return response

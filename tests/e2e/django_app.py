@@ -1,0 +1,76 @@
+"""A minimal Django project for the framework tests: settings without a database, views that demand classes with
+``geofence.django.require_class`` (sync and async), the same views under an ``include()`` prefix, and a view
+the policy tags itself (to compare the decorator's denial with the middleware's own)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+django = pytest.importorskip("django")
+
+from django.conf import settings  # noqa: E402
+
+from geofence.django import require_class  # noqa: E402
+
+if not settings.configured:
+    settings.configure(
+        DEBUG=False,
+        ALLOWED_HOSTS=["*"],
+        ROOT_URLCONF=__name__,
+        SECRET_KEY="geofence-tests-only",
+        INSTALLED_APPS=[],
+        MIDDLEWARE=[],
+        DATABASES={},
+        USE_TZ=True,
+    )
+
+from django.http import HttpRequest, HttpResponse, JsonResponse  # noqa: E402
+from django.urls import include, path  # noqa: E402
+
+
+def _class(request: HttpRequest) -> Any:
+    decision = request.scope["state"]["geofence"]  # type: ignore[attr-defined]
+    return decision.export_class
+
+
+@require_class("4E091")
+def weights_sync(request: HttpRequest) -> HttpResponse:
+    return JsonResponse({"view": "sync", "class": _class(request)})
+
+
+@require_class("4E091")
+async def weights_async(request: HttpRequest) -> HttpResponse:
+    return JsonResponse({"view": "async", "class": _class(request)})
+
+
+@require_class("5E002")
+async def person(request: HttpRequest) -> HttpResponse:
+    return JsonResponse({"view": "person", "class": _class(request)})
+
+
+@require_class("NO-SUCH-CLASS")
+def unknown(request: HttpRequest) -> HttpResponse:
+    return JsonResponse({"view": "unknown"})
+
+
+def tagged(request: HttpRequest) -> HttpResponse:
+    return JsonResponse({"view": "tagged", "class": _class(request)})
+
+
+views = [
+    path("weights-sync", weights_sync),
+    path("weights-async", weights_async),
+    path("person", person),
+    path("unknown", unknown),
+    path("tagged", tagged),
+]
+urlpatterns = [*views, path("shop/", include(views))]
+
+
+def application() -> Any:
+    """Django's ASGI handler for this project (call ``GeofenceMiddleware(application(), ...)`` around it)."""
+    from django.core.asgi import get_asgi_application
+
+    return get_asgi_application()

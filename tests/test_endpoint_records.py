@@ -1,0 +1,158 @@
+"""What a per-endpoint helper enforces is recorded like the middleware's own decisions (log line, audit trail,
+``on_decision``), and an allowed response of a class that can deny anyone is marked ``Cache-Control: private``
+even when the route's own class restricts nobody — for every helper: Starlette, FastAPI, Litestar, Django.
+``check_class`` alone only asks: it records and marks nothing."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from geofence import Decision, GeofenceMiddleware, check_class
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+def config(country_db: Path, audit: Path) -> dict[str, Any]:
+    return {
+        "geoip": {"databases": [str(country_db)]},
+        "defaults": {"class": "OPEN"},  # the route's own class restricts nobody: the middleware marks nothing
+        "classes": {"OPEN": {"unknown_location": "allow"}, "4E091": {"allow_destinations": ["US"]}},
+        "audit": {"path": str(audit), "include": "controlled"},
+    }
+
+
+def starlette_app() -> Any:
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+
+    from geofence import requires_class
+
+    @requires_class("4E091")
+    async def weights(request: Request) -> PlainTextResponse:
+        return PlainTextResponse("weights")
+
+    async def ask(request: Request) -> PlainTextResponse:
+        return PlainTextResponse(str(check_class(request.scope, "4E091").allowed))
+
+    return Starlette(routes=[Route("/weights", weights), Route("/ask", ask)])
+
+
+def fastapi_app() -> Any:
+    from fastapi import Depends, FastAPI
+    from fastapi.responses import PlainTextResponse
+
+    from geofence import install_handler, require_class
+
+    app = FastAPI()
+    install_handler(app)
+
+    @app.get("/weights", dependencies=[Depends(require_class("4E091"))], response_class=PlainTextResponse)
+    async def weights() -> str:
+        return "weights"
+
+    return app
+
+
+def litestar_app() -> Any:
+    pytest.importorskip("litestar")
+    from litestar import Litestar, get
+
+    from geofence.litestar import exception_handlers, require_class
+
+    @get("/weights", guards=[require_class("4E091")], sync_to_thread=False)
+    def weights() -> str:
+        return "weights"
+
+    return Litestar([weights], exception_handlers=exception_handlers, logging_config=None)  # keep pytest's capture
+
+
+def django_app() -> Any:
+    pytest.importorskip("django")
+    from .e2e import django_app
+
+    return django_app.application()
+
+
+APPS: dict[str, tuple[Callable[[], Any], str]] = {
+    "starlette": (starlette_app, "/weights"),
+    "fastapi": (fastapi_app, "/weights"),
+    "litestar": (litestar_app, "/weights"),
+    "django": (django_app, "/weights-sync"),
+}
+
+
+async def get(app: Any, path: str, peer: str) -> httpx.Response:
+    transport = httpx.ASGITransport(app=app, client=(peer, 40000))
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+        return await client.get(path, headers={"x-request-id": f"req-{peer}"})
+
+
+def records(audit: Path) -> list[tuple[str, str, str]]:
+    if not audit.exists():
+        return []
+    lines = [json.loads(line) for line in audit.read_text().splitlines()]
+    return [(r["outcome"], r["class"], r["request_id"]) for r in lines]
+
+
+@pytest.mark.parametrize("framework", sorted(APPS))
+async def test_a_helpers_decisions_are_recorded_and_its_allowed_responses_private(
+    framework: str, country_db: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    factory, path = APPS[framework]
+    seen: list[Decision] = []
+    audit = tmp_path / "audit.jsonl"
+    middleware = GeofenceMiddleware(
+        factory(), config=config(country_db, audit), on_decision=lambda decision, scope: seen.append(decision)
+    )
+    with caplog.at_level(logging.INFO, logger="geofence.decision"):
+        allowed = await get(middleware, path, "8.8.8.8")
+        denied = await get(middleware, path, "5.8.1.1")
+    middleware.close()
+    assert allowed.status_code == 200 and "private" in allowed.headers["cache-control"]
+    assert denied.status_code == 451 and denied.json()["request_id"] == "req-5.8.1.1"
+    assert [(d.allowed, d.export_class) for d in seen] == [(False, "4E091")]
+    logged = [r.getMessage() for r in caplog.records if r.name == "geofence.decision"]
+    assert len(logged) == 1 and logged[0].startswith("deny GET") and "class=4E091" in logged[0]
+    assert records(audit) == [("allow", "4E091", "req-8.8.8.8"), ("deny", "4E091", "req-5.8.1.1")]
+    assert middleware.stats[("deny", "4E091", "destination_not_allowed")] == 1
+
+
+async def test_check_class_alone_records_and_marks_nothing(country_db: Path, tmp_path: Path) -> None:
+    audit = tmp_path / "audit.jsonl"
+    seen: list[Decision] = []
+    middleware = GeofenceMiddleware(
+        starlette_app(), config=config(country_db, audit), on_decision=lambda decision, scope: seen.append(decision)
+    )
+    for peer, answer in (("8.8.8.8", "True"), ("5.8.1.1", "False")):
+        response = await get(middleware, "/ask", peer)
+        assert response.text == answer and "cache-control" not in response.headers
+    middleware.close()
+    assert seen == [] and records(audit) == []
+
+
+async def test_an_audit_failure_under_on_failure_deny_refuses_what_a_helper_allowed(
+    country_db: Path, tmp_path: Path
+) -> None:
+    policy = config(country_db, tmp_path / "audit.jsonl")
+    policy["audit"]["on_failure"] = "deny"
+    middleware = GeofenceMiddleware(starlette_app(), config=policy)
+    state = middleware._live.state
+    assert state is not None and state.audit is not None
+    state.audit.submit = lambda *args: False  # type: ignore[method-assign]  # the queue refuses the record
+    response = await get(middleware, "/weights", "8.8.8.8")
+    middleware.close()
+    assert response.status_code == 503 and response.json()["reasons"][0]["code"] == "audit_unavailable"
