@@ -279,7 +279,17 @@ def _health(folder: Path) -> str:
     return str(body.decode())
 
 
+def _denial(folder: Path) -> str:
+    """The problem JSON for a request from Russia on an EAR99 route, with a ``[response] contact``."""
+    middleware = _middleware(_demo_policy(response={"contact": "export-help@example.com"}))
+    status, _, body = _request(middleware, "/anything", "5.255.255.5")
+    middleware.close()
+    assert status == 451
+    return str(body.decode())
+
+
 OUTPUTS: dict[str, Callable[[Path], str]] = {
+    "denial": _denial,
     "log-text": lambda folder: _decision_log(folder, "text", "/x\r\ndeny GET /forged"),
     "log-json": lambda folder: _decision_log(folder, "json", "/x", ((b"x-request-id", b"req-42"),)),
     "health": _health,
