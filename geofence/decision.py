@@ -28,6 +28,7 @@ from typing import Any, Final, NamedTuple
 from .identity import Identity
 from .location import Location
 from .policy import ClassPolicy, PersonRule, Policy
+from .policy_classes import Mode
 
 __all__ = ["Decision", "Reason", "decide", "error_decision"]
 
@@ -69,7 +70,7 @@ class Decision(NamedTuple):
     allowed: bool
     status: int
     export_class: str
-    mode: str
+    mode: Mode
     reasons: tuple[Reason, ...]
     policy_version: str
     location: Location | None

@@ -16,7 +16,7 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 from .budget import DEFAULT_CACHE_MB, MIN_CACHE_MB, CacheBudget
 from .databases import LOAD_MODES, LoadMode
@@ -46,7 +46,11 @@ __all__ = [
 ]
 
 EXAMPLE_POLICY: Final = "example-policy.toml"
-ON_STALE: Final = ("warn", "deny")
+OnStale = Literal["warn", "deny"]
+"""Past ``max_age_days``: ``warn`` logs once; ``deny`` answers 503 ``database_stale`` on restricting classes."""
+ON_STALE: Final[tuple[OnStale, ...]] = ("warn", "deny")
+LogFormat = Literal["text", "json"]
+LOG_FORMATS: Final[tuple[LogFormat, ...]] = ("text", "json")
 _HEADER_NAME: Final = re.compile(r"[a-z0-9!#$%&'*+.^_`|~-]+")
 
 
@@ -76,10 +80,10 @@ class Policy:
     load: LoadMode
     max_age_days: int | None
     """Databases older than this (by build date) are stale: a warning, or with ``on_stale = "deny"`` a 503."""
-    on_stale: str  # "warn" | "deny"
+    on_stale: OnStale
     health_path: str | None
     """A path the middleware answers itself with its health (``[health] path``), or None."""
-    log_format: str
+    log_format: LogFormat
     """Decision log lines: ``"text"`` (key=value, escaped) or ``"json"`` (``[logging] format``)."""
     metrics: bool
     """Export Prometheus metrics (``[metrics] enabled``; needs ``geofence[prometheus]``)."""
@@ -177,7 +181,7 @@ def parse_policy(data: Mapping[str, Any], *, source: str = "<policy>", base_dir:
     top = check.table(dict(data), "", _TOP)
 
     geoip = check.table(top.get("geoip"), "geoip", ("databases", "cache_size", "load", "max_age_days", "on_stale"))
-    load: LoadMode = "mmap" if check.string(geoip.get("load"), "geoip.load", LOAD_MODES) == "mmap" else "copy"
+    load = check.choice(geoip.get("load"), "geoip.load", LOAD_MODES, "copy")
     databases = None
     if "databases" in geoip:
         names = check.strings(geoip["databases"], "geoip.databases")
@@ -189,11 +193,11 @@ def parse_policy(data: Mapping[str, Any], *, source: str = "<policy>", base_dir:
         check.table(top.get("cache"), "cache", ("max_mb",)).get("max_mb"), "cache.max_mb", MIN_CACHE_MB
     )
     max_age_days = check.integer(geoip.get("max_age_days"), "geoip.max_age_days")
-    on_stale = check.string(geoip.get("on_stale"), "geoip.on_stale", ON_STALE) or "warn"
+    on_stale = check.choice(geoip.get("on_stale"), "geoip.on_stale", ON_STALE, "warn")
     health = check.table(top.get("health"), "health", ("path",))
     health_path = check.string(health.get("path"), "health.path")
     logging_table = check.table(top.get("logging"), "logging", ("format",))
-    log_format = check.string(logging_table.get("format"), "logging.format", ("text", "json")) or "text"
+    log_format = check.choice(logging_table.get("format"), "logging.format", LOG_FORMATS, "text")
     metrics_table = check.table(top.get("metrics"), "metrics", ("enabled",))
     metrics_enabled = metrics_table.get("enabled", False)
     if not isinstance(metrics_enabled, bool):
@@ -226,7 +230,7 @@ def parse_policy(data: Mapping[str, Any], *, source: str = "<policy>", base_dir:
     classes_raw = top.get("classes")
     classes: dict[str, ClassPolicy] = {}
     defaults = check.table(top.get("defaults"), "defaults", ("mode", "class"))
-    default_mode = check.string(defaults.get("mode"), "defaults.mode", MODES) or "enforce"
+    default_mode = check.choice(defaults.get("mode"), "defaults.mode", MODES, "enforce")
     for name, raw in check.table(classes_raw, "classes", keys_of(classes_raw)).items():
         compiled = compile_class(name, raw, default_mode, resolver, check, errors)
         if compiled is not None:

@@ -7,11 +7,13 @@ way (key path + message, with the nearest valid key suggested).
 from __future__ import annotations
 
 import difflib
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 from .addresses import parse_network
 
 __all__ = ["Checker", "Problem", "keys_of", "kind"]
+
+C = TypeVar("C", bound=str)
 
 
 class Problem(NamedTuple):
@@ -54,6 +56,12 @@ class Checker:
             self.error(path, f"{value!r} is not one of {', '.join(map(repr, choices))}{hint}")
             return None
         return value
+
+    def choice(self, value: Any, path: str, choices: tuple[C, ...], default: C) -> C:
+        """One of *choices* — typed as their ``Literal`` — or *default* when absent or invalid (reported)."""
+        if self.string(value, path, choices) is None:
+            return default
+        return next(c for c in choices if c == value)
 
     def strings(self, value: Any, path: str) -> list[str]:
         if value is None:

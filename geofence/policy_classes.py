@@ -5,24 +5,42 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 from .destinations import GroupResolver
 from .policy_checks import Checker
 
-__all__ = ["MODES", "ClassPolicy", "PersonRule", "compile_class"]
+__all__ = [
+    "MODES",
+    "AnonymizerRule",
+    "ClassPolicy",
+    "Mode",
+    "NationalityRule",
+    "PersonKind",
+    "PersonRule",
+    "RepresentedCountryRule",
+    "UnknownLocationRule",
+    "compile_class",
+]
 
-MODES: Final = ("enforce", "report")
+Mode = Literal["enforce", "report"]
+"""``enforce`` denies; ``report`` decides and records but lets the request through."""
+MODES: Final[tuple[Mode, ...]] = ("enforce", "report")
+PersonKind = Literal["any", "us_only", "nationalities"]
+NationalityRule = Literal["all", "most_recent"]
+AnonymizerRule = Literal["deny", "allow"]
+UnknownLocationRule = Literal["deny", "allow"]
+RepresentedCountryRule = Literal["check", "ignore"]
 
 
 @dataclass(frozen=True, slots=True)
 class PersonRule:
     """Who may receive a class: ``any``, ``us_only``, or nationality lists."""
 
-    kind: str  # "any" | "us_only" | "nationalities"
+    kind: PersonKind
     allow: frozenset[str] | None = None
     deny: frozenset[str] = frozenset()
-    rule: str = "all"  # "all" (every citizenship and permanent residence) | "most_recent" (EAR 734.13(b))
+    rule: NationalityRule = "all"  # "all": every citizenship and permanent residence; "most_recent": EAR 734.13(b)
     check_us_persons: bool = False
 
 
@@ -35,10 +53,10 @@ class ClassPolicy:
     allow: frozenset[str] | None
     deny: frozenset[str]
     persons: PersonRule
-    anonymizers: str  # "deny" | "allow"
-    unknown_location: str  # "deny" | "allow"
-    represented_country: str  # "check" | "ignore"
-    mode: str
+    anonymizers: AnonymizerRule
+    unknown_location: UnknownLocationRule
+    represented_country: RepresentedCountryRule
+    mode: Mode
 
     @property
     def restricted(self) -> bool:
@@ -66,7 +84,7 @@ _PERSON_KEYS: Final = ("allow_nationalities", "deny_nationalities", "rule", "che
 
 
 def compile_class(
-    name: str, raw: Any, default_mode: str, resolver: GroupResolver, check: Checker, errors: list[str]
+    name: str, raw: Any, default_mode: Mode, resolver: GroupResolver, check: Checker, errors: list[str]
 ) -> ClassPolicy | None:
     path = f'classes."{name}"' if not re.fullmatch(r"[A-Za-z0-9_-]+", name) else f"classes.{name}"
     table = check.table(raw, path, _CLASS_KEYS)
@@ -89,21 +107,21 @@ def compile_class(
         allow=allow,
         deny=deny,
         persons=persons,
-        anonymizers=check.string(table.get("anonymizers"), f"{path}.anonymizers", ("deny", "allow")) or "allow",
-        unknown_location=check.string(table.get("unknown_location"), f"{path}.unknown_location", ("deny", "allow"))
-        or "deny",
-        represented_country=check.string(
-            table.get("represented_country"), f"{path}.represented_country", ("check", "ignore")
-        )
-        or "check",
-        mode=check.string(table.get("mode"), f"{path}.mode", MODES) or default_mode,
+        anonymizers=check.choice(table.get("anonymizers"), f"{path}.anonymizers", ("deny", "allow"), "allow"),
+        unknown_location=check.choice(
+            table.get("unknown_location"), f"{path}.unknown_location", ("deny", "allow"), "deny"
+        ),
+        represented_country=check.choice(
+            table.get("represented_country"), f"{path}.represented_country", ("check", "ignore"), "check"
+        ),
+        mode=check.choice(table.get("mode"), f"{path}.mode", MODES, default_mode),
     )
 
 
 def _persons(raw: Any, path: str, resolver: GroupResolver, check: Checker, errors: list[str]) -> PersonRule:
     if isinstance(raw, str):
-        kind = check.string(raw, path, ("any", "us_only"))
-        return PersonRule(kind or "us_only")  # an invalid value is reported; compile the strict choice
+        # an invalid value is reported; compile the strict choice
+        return PersonRule(check.choice(raw, path, ("any", "us_only"), "us_only"))
     table = check.table(raw, path, _PERSON_KEYS)
     if not isinstance(raw, dict):
         return PersonRule("us_only")
@@ -129,6 +147,6 @@ def _persons(raw: Any, path: str, resolver: GroupResolver, check: Checker, error
         "nationalities",
         allow=allow,
         deny=deny,
-        rule=check.string(table.get("rule"), f"{path}.rule", ("all", "most_recent")) or "all",
+        rule=check.choice(table.get("rule"), f"{path}.rule", ("all", "most_recent"), "all"),
         check_us_persons=check_us,
     )
