@@ -21,12 +21,10 @@ import dataclasses
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping
-from functools import partial
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from typing import Any, Final
 
 from .asgi import (
-    buffer_body,
     expiring_websocket,
     header,
     private_responses,
@@ -35,20 +33,19 @@ from .asgi import (
     send_denial,
     send_json,
 )
-from .decision import AUDIT_UNAVAILABLE, ERROR, Decision, Reason, decide, error_decision
+from .deciding import CACHEABLE, Decider
+from .decision import AUDIT_UNAVAILABLE, ERROR, Decision, Reason, error_decision
 from .errors import GeofenceError
 from .freshness import stale_decision, stale_message
 from .health import health_report
-from .identity import Identity, IdentityError
-from .location import Location
+from .identity import Identity
 from .policy import Policy
 from .recording import DecisionRecorder, printable, request_id
 from .reloader import Reloader
-from .request import Refused, RequestFacts, read_request, request_key
+from .request import Refused, read_request, request_key
 from .responses import DenialResponse, ResponseConfig, denial_response
-from .routes import Route
-from .state import Front, State, Where, new_front, new_where
-from .where import ChainWarnings, client_key, locate_client, pack_client, unpack_client
+from .state import Front, State, Where
+from .where import ChainWarnings
 
 __all__ = ["GeofenceMiddleware", "IdentityResolver"]
 
@@ -71,7 +68,6 @@ PRIVATE_KEY: Final = "geofence.private"
 """Classes per-endpoint helpers allowed for this request that make its response private (see :func:`_markable`)."""
 _INTERNAL_ERROR_CLASS: Final = "unknown"
 _endpoint_checks = False  # set by expect_endpoint_checks(): some per-endpoint helper exists in this process
-_CACHEABLE: Final = frozenset({"GET", "HEAD"})  # what shared caches store without explicit opt-in
 
 
 class GeofenceMiddleware:
@@ -100,9 +96,8 @@ class GeofenceMiddleware:
         deny_response: Callable[[Decision, Scope], DenialResponse | None] | None = None,
     ) -> None:
         self.app = app
-        self._identity = identity
         self.recorder = DecisionRecorder(on_decision)
-        self._warnings = ChainWarnings()
+        self._decider = Decider(identity, ChainWarnings())
         self._live = Reloader(config, deny_response, watch=reload, interval=reload_interval)
 
     @property
@@ -189,12 +184,13 @@ class GeofenceMiddleware:
         if decision is None:
             try:
                 if route.params is None and not route.also:  # a class that needs an identity, one spelling
-                    decision = self._decide(state, scope, route.export_class, route.exempt or where.exempt, where)
+                    exempt = route.exempt or where.exempt
+                    decision = self._decider.decide(state, scope, route.export_class, exempt, where)
                 else:
-                    decision, receive = await self._decide_request(state, scope, receive, front)
+                    decision, receive = await self._decider.decide_request(state, scope, receive, front)
             except Exception as exc:
                 decision = self._internal_error(state, scope, exc)
-            private = scope.get("method") in _CACHEABLE and decision.export_class in state.private_classes
+            private = scope.get("method") in CACHEABLE and decision.export_class in state.private_classes
         await self._finish(state, scope, receive, send, decision, where, private)
 
     def _miss(
@@ -204,7 +200,7 @@ class GeofenceMiddleware:
         metrics = state.metrics
         started = time.perf_counter() if metrics is not None else 0.0
         facts = read_request(scope, key, host, forwarding)
-        front, seen = self._front(state, scope, facts)
+        front, seen = self._decider.front(state, scope, facts)
         if key is not None and seen and state.admit():
             state.front.put(key, front, facts.size)
         if metrics is not None:
@@ -273,114 +269,11 @@ class GeofenceMiddleware:
         response = denial_response(decision, ResponseConfig(), header(scope, b"accept"), request_id=request_id(scope))
         await send_denial(scope, receive, send, response)
 
-    def _front(self, state: State, scope: Scope, facts: RequestFacts) -> tuple[Front, bool]:
-        """Route and client location for a request key not seen before, and the decision itself when no
-        identity and no request parameter can change it; and whether the client was known (the front cache
-        admits only those: a flood of one-off clients neither pays for nor displaces its entries)."""
-        route = state.policy.routes.classify(facts.method, facts.host, facts.path, facts.root_path)
-        # Keyed by peer and trusted forwarding headers, when the request is cacheable at all (see request.py).
-        where_key = client_key(facts.peer, facts.forwarding) if facts.key is not None else None
-        packed = state.clients.get(where_key) if where_key is not None else None
-        seen = packed is not None
-        if packed is None:
-            client = locate_client(scope, facts.forwarding, state.proxies, state.locator, state.policy, self._warnings)
-            if where_key is not None:
-                state.clients.put(where_key, pack_client(client), 2 * len(where_key) + 80)
-        else:
-            client = unpack_client(packed)
-        network, facts_id, problem, exempt, broken, text = client
-        location = state.locator.location(network, facts_id) if network is not None else None
-        where = new_where((location, problem, exempt, broken, text, facts_id))
-        if not route.also:  # one spelling (most requests): skip the general loop below
-            if route.params is not None or route.export_class in state.identity_classes:
-                return new_front((route, where, None, False, False)), seen
-            decision = self._decide(state, scope, route.export_class, route.exempt or where.exempt, where)
-        else:
-            spellings = _spellings(route)
-            if any(r.params is not None or r.export_class in state.identity_classes for r in spellings):
-                return new_front((route, where, None, False, False)), seen
-            decision = self._strictest(state, scope, where, ((r.export_class, r.exempt) for r in spellings))
-        private = facts.method in _CACHEABLE and decision.export_class in state.private_classes
-        plain = decision.allowed and not decision.reasons and decision.export_class not in state.record_allowed
-        return new_front((route, where, decision, private, plain)), seen
-
-    async def _decide_request(
-        self, state: State, scope: Scope, receive: Receive, front: Front
-    ) -> tuple[Decision, Receive]:
-        """Requests whose class depends on identity or on the body, query or headers."""
-        spellings = _spellings(front.route)
-        limits = [r.params.max_body_bytes for r in spellings if r.params is not None and r.params.needs_body]
-        body = None
-        if limits:
-            body, receive = await buffer_body(receive, max(limits))
-        query = scope.get("query_string", b"")
-        classes = [
-            (r.params.classify(body, query, scope["headers"])[0] if r.params is not None else r.export_class, r.exempt)
-            for r in spellings
-        ]
-        return self._strictest(state, scope, front.where, classes), receive
-
-    def _strictest(
-        self, state: State, scope: Scope, where: Where, classes: Iterable[tuple[str, str | None]]
-    ) -> Decision:
-        """Every spelling of the request the app might route must be allowed: the first denial wins. When all
-        are allowed, the one that says most about the request wins (a report-mode would-be denial, then an
-        identity, then a restricting class), so the app, the audit, the private marking and the WebSocket
-        expiry see the strictest class that applied."""
-        best = None
-        for export_class, exempt in classes:
-            found = self._decide(state, scope, export_class, exempt or where.exempt, where)
-            if not found.allowed:
-                return found
-            rank = (found.would_deny, found.identity is not None, found.export_class in state.restricting)
-            if best is None or rank > best[0]:
-                best = (rank, found)
-        assert best is not None
-        return best[1]
-
-    def _decide(self, state: State, scope: Scope, export_class: str, exempt: str | None, where: Where) -> Decision:
-        """Identity, then the decision: one cached answer per (class, location facts, identity object)."""
-        location = where.location
-        identity = identity_problem = None
-        if export_class in state.identity_classes:  # only classes with a person rule pay for identity
-            identity, identity_problem = self._identity_of(state, scope)
-        if location is None or identity_problem is not None:
-            return decide(
-                state.policy, export_class, location, identity,
-                identity_problem=identity_problem,
-                location_problem=None if where.broken else where.problem,
-                client_problem=where.problem if where.broken else None,
-                exempt=exempt,
-            )  # fmt: skip
-        # Keyed by the location's facts, not its network: a new network with a known answer costs one lookup.
-        cache_key = (export_class, where.facts, id(identity), exempt)
-        cached = state.decisions.get(cache_key)
-        if cached is not None and cached[0] is identity:  # the identity is kept in the entry: its id is unique
-            decision = cached[1]
-            if decision.location is location:
-                return decision
-            return _with_location(decision, location)
-        decision = decide(state.policy, export_class, location, identity, exempt=exempt)
-        state.decisions.put(cache_key, (identity, decision))
-        return decision
-
     def identity_of(self, scope: Scope) -> tuple[Identity | None, str | None]:
         """The verified identity of a request (or why it was rejected): from the app's resolver, else tokens."""
         if self._state is None:
             return None, self.startup_error
-        return self._identity_of(self._state, scope)
-
-    def _identity_of(self, state: State, scope: Scope) -> tuple[Identity | None, str | None]:
-        try:
-            if self._identity is not None:
-                return self._identity(scope), None
-            verifier = state.verifier
-            if verifier is not None:
-                token = verifier.token(scope)
-                return (verifier.identity(token), None) if token is not None else (None, None)
-        except IdentityError as exc:
-            return None, str(exc)
-        return None, None
+        return self._decider.identity_of(self._state, scope)
 
     def enforced(self, decision: Decision, scope: Scope) -> Decision:
         """A per-endpoint helper enforces *decision*, a class the code demands: record it as the middleware's
@@ -422,7 +315,7 @@ def expect_endpoint_checks() -> None:
 
 def _markable(state: State, scope: Scope, send: Send) -> Send:
     """*send*, marking the response private once a helper records a restricting class in ``PRIVATE_KEY``."""
-    if scope.get("method") not in _CACHEABLE or not state.private_classes:
+    if scope.get("method") not in CACHEABLE or not state.private_classes:
         return send
     marks: list[str] = []
     scope["state"][PRIVATE_KEY] = marks
@@ -442,18 +335,3 @@ def _publish(
     scope_state[MIDDLEWARE_KEY] = middleware
     scope_state[CLIENT_KEY] = where
     return scope_state
-
-
-def _with_location(decision: Decision, location: Location) -> Decision:
-    """*decision* for another network with the same facts (the decision rests on the facts alone)."""
-    allowed, status, export_class, mode, reasons, version, _, identity = decision
-    return _new_decision((allowed, status, export_class, mode, reasons, version, location, identity))
-
-
-_new_decision: Final[Callable[[tuple[Any, ...]], Decision]] = partial(tuple.__new__, Decision)
-
-
-def _spellings(route: Route) -> tuple[Route, ...]:
-    """The classifications a request must pass: one per spelling the app might route (exempt only when
-    every spelling is, which the route table has already checked)."""
-    return (route,) if route.exempt is not None or not route.also else (route, *route.also)

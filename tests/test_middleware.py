@@ -277,7 +277,7 @@ async def test_decisions_are_computed_once_per_answer_not_per_network(
     """Two networks with the same facts share one decision; each request still carries its own network."""
     same = {"country": {"iso_code": "US"}, "registered_country": {"iso_code": "US"}}
     db = write_db("same.mmdb", "GeoIP2-Country", {"8.8.8.0/24": same, "9.9.9.0/24": same, "5.8.0.0/16": {}})
-    import geofence.middleware as module
+    import geofence.deciding as module
 
     calls: list[str] = []
     real = module.decide
@@ -319,7 +319,7 @@ async def test_internal_error_fails_closed(app: Any) -> None:
     def explode(scope: dict[str, Any]) -> Identity:
         raise RuntimeError("boom /secret/path")
 
-    middleware._identity = explode
+    middleware._decider.resolver = explode
     assert (await send(middleware, "GET", "/x")).status_code == 200  # EAR99 needs no identity: not consulted
     response = await send(middleware, "GET", "/weights/a")
     assert response.status_code == 503 and len(recorder.calls) == 1
