@@ -19,6 +19,7 @@ __all__ = [
     "buffer_body",
     "expiring_websocket",
     "header",
+    "private_cache_control",
     "private_responses",
     "private_when",
     "refuse_lifespan",
@@ -118,14 +119,22 @@ def _send_private_when(marks: list[str], send: Send, message: Message) -> Awaita
 
 
 def _make_private(headers: Any) -> list[tuple[bytes, bytes]]:
-    """Keep the app's directives but ``public`` / ``s-maxage``, and make the response private."""
     given = [bytes(v).decode("latin-1") for k, v in headers if bytes(k).lower() == b"cache-control"]
+    value = private_cache_control(given)
+    if value is None:
+        return list(headers)
+    kept = [(k, v) for k, v in headers if bytes(k).lower() != b"cache-control"]
+    return [*kept, (b"cache-control", value.encode("latin-1"))]
+
+
+def private_cache_control(given: list[str]) -> str | None:
+    """The ``Cache-Control`` value that makes a response with *given* values private: the app's directives
+    but ``public`` / ``s-maxage``, after ``private``; None when it already is private or ``no-store``."""
     directives = [d.strip() for v in given for d in v.split(",") if d.strip()]
     if any(d.lower() in ("private", "no-store") for d in directives):
-        return list(headers)
+        return None
     kept = [d for d in directives if not d.lower().startswith(("public", "s-maxage"))]
-    value = ", ".join(["private", *kept]).encode("latin-1")
-    return [(k, v) for k, v in headers if bytes(k).lower() != b"cache-control"] + [(b"cache-control", value)]
+    return ", ".join(["private", *kept])
 
 
 async def buffer_body(receive: Receive, limit: int) -> tuple[bytes | None, Receive]:

@@ -21,11 +21,11 @@ from .routes import Route
 from .state import Front, State, Where, new_front, new_where
 from .where import ChainWarnings, client_key, locate_client, pack_client, unpack_client
 
-__all__ = ["CACHEABLE", "Decider"]
+__all__ = ["Decider", "privacy"]
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
-CACHEABLE: Final = frozenset({"GET", "HEAD"})  # what shared caches store without explicit opt-in
+_CACHEABLE: Final = frozenset({"GET", "HEAD"})  # what shared caches store without explicit opt-in
 
 
 class Decider:
@@ -63,7 +63,7 @@ class Decider:
             if any(r.params is not None or r.export_class in state.identity_classes for r in spellings):
                 return new_front((route, where, None, False, False)), seen
             decision = self.strictest(state, scope, where, ((r.export_class, r.exempt) for r in spellings))
-        private = facts.method in CACHEABLE and decision.export_class in state.private_classes
+        private = privacy(facts.method, decision.export_class, state)
         plain = decision.allowed and not decision.reasons and decision.export_class not in state.record_allowed
         return new_front((route, where, decision, private, plain)), seen
 
@@ -139,6 +139,15 @@ class Decider:
         except IdentityError as exc:
             return None, str(exc)
         return None, None
+
+
+def privacy(method: str | None, export_class: str, state: State) -> bool | None:
+    """How an allowed response is guarded against shared caches: True, marked private (its class can deny
+    anyone); None, a GET or HEAD of a class that cannot, which a per-endpoint helper may still make private
+    (it demands a class that can); False, nothing to guard (other methods, or ``private_cache = false``)."""
+    if method not in _CACHEABLE or not state.private_classes:
+        return False
+    return True if export_class in state.private_classes else None
 
 
 def _with_location(decision: Decision, location: Location) -> Decision:

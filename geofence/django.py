@@ -16,8 +16,9 @@ from typing import Any, TypeVar, cast
 from asgiref.sync import iscoroutinefunction
 from django.http import HttpResponse  # type: ignore[import-untyped]  # Django ships no types (django-stubs does)
 
+from .asgi import private_cache_control
 from .integrations import denial_parts, enforce_class
-from .middleware import expect_endpoint_checks
+from .middleware import MIDDLEWARE_KEY
 
 __all__ = ["require_class"]
 
@@ -25,31 +26,35 @@ V = TypeVar("V", bound=Callable[..., Any])
 
 
 def require_class(export_class: str) -> Callable[[V], V]:
-    """A view decorator: answer the middleware's standard denial unless *export_class* is allowed."""
-    expect_endpoint_checks()
+    """A view decorator: answer the middleware's standard denial unless *export_class* is allowed. An allowed
+    GET or HEAD of a class that can deny anyone is marked ``Cache-Control: private`` on the view's response
+    itself, so Django's own cache (``UpdateCacheMiddleware``, ``cache_page``) never stores it for others."""
 
     def decorate(view: V) -> V:
         if iscoroutinefunction(view):
 
             @functools.wraps(view)
             async def async_view(request: Any, *args: Any, **kwargs: Any) -> Any:
-                denied = _denied(request, export_class)
-                return denied if denied is not None else await view(request, *args, **kwargs)
+                denied, private = _decide(request, export_class)
+                if denied is not None:
+                    return denied
+                return _guarded(await view(request, *args, **kwargs), private)
 
             return cast(V, async_view)
 
         @functools.wraps(view)
         def sync_view(request: Any, *args: Any, **kwargs: Any) -> Any:
-            denied = _denied(request, export_class)
-            return denied if denied is not None else view(request, *args, **kwargs)
+            denied, private = _decide(request, export_class)
+            return denied if denied is not None else _guarded(view(request, *args, **kwargs), private)
 
         return cast(V, sync_view)
 
     return decorate
 
 
-def _denied(request: Any, export_class: str) -> Any:
-    """None when allowed; else the middleware's own denial as an ``HttpResponse``."""
+def _decide(request: Any, export_class: str) -> tuple[Any, bool]:
+    """(None, whether the response must be private) when allowed; else the middleware's own denial as an
+    ``HttpResponse``."""
     scope = getattr(request, "scope", None)
     if scope is None:
         raise RuntimeError(
@@ -58,10 +63,19 @@ def _denied(request: Any, export_class: str) -> Any:
         )
     decision = enforce_class(scope, export_class)
     if decision.allowed:
-        return None
+        return None, scope["state"][MIDDLEWARE_KEY].private_for(decision, scope)
     status, headers, body = denial_parts(decision, scope)
     response = HttpResponse(body, status=status)
     for name, value in headers:
         response.headers[name] = value
     response.headers["content-length"] = str(len(body))
+    return response, False
+
+
+def _guarded(response: Any, private: bool) -> Any:
+    if private:
+        given = response.headers.get("Cache-Control")
+        value = private_cache_control([given] if given else [])
+        if value is not None:
+            response.headers["Cache-Control"] = value
     return response

@@ -12,8 +12,9 @@ import functools
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any, TypeVar
 
-from .decision import LOCATION_UNKNOWN, Decision, decide, error_decision
-from .middleware import CLIENT_KEY, MIDDLEWARE_KEY, POLICY_KEY, STATE_KEY, expect_endpoint_checks
+from .asgi import POLICY_VIOLATION
+from .decision import EXEMPT, LOCATION_UNKNOWN, Decision, decide, error_decision
+from .middleware import CLIENT_KEY, MIDDLEWARE_KEY, POLICY_KEY, STATE_KEY
 
 __all__ = [
     "GeofenceDenied",
@@ -47,12 +48,12 @@ def check_class(scope: MutableMapping[str, Any], export_class: str) -> Decision:
         raise RuntimeError(_NO_MIDDLEWARE)
     if export_class not in policy.classes:
         return error_decision(policy, export_class, f"unknown class {export_class!r}", current.location)
-    if current.export_class == export_class:
-        return current
-    # The client's own facts carry over: its exempt network (an exempt *path* exempts the route's class, not a
-    # class the code demands) and a broken proxy chain, which the route's class may not have cared about.
+    # The client's own facts carry over: its exempt network (an exempt *path* exempts the route, not a class
+    # the code demands) and a broken proxy chain, which the route's class may not have cared about.
     where = state.get(CLIENT_KEY)
     exempt = where.exempt if where is not None else None
+    if current.export_class == export_class and (exempt is not None or all(r.code != EXEMPT for r in current.reasons)):
+        return current
     client_problem = where.problem if where is not None and where.broken else None
     identity = current.identity
     problem = next((r.detail for r in current.reasons if r.code == "identity_invalid"), None)
@@ -80,37 +81,47 @@ def require_class(export_class: str) -> Callable[..., Decision]:
     """A FastAPI dependency: ``@app.get("/weights", dependencies=[Depends(require_class("4E091"))])``.
 
     Returns the decision when allowed; otherwise raises :class:`GeofenceDenied`, which
-    :func:`install_handler` turns into the standard 451 / 401 / 503 response.
+    :func:`install_handler` turns into the standard 451 / 401 / 503 response. On a WebSocket route a denied
+    handshake is closed with code 1008 before it is accepted (FastAPI sends no exception handler's response
+    there).
     """
-    from starlette.requests import Request
+    from starlette.exceptions import WebSocketException
+    from starlette.requests import HTTPConnection
 
-    expect_endpoint_checks()
-
-    def dependency(request: Request) -> Decision:
-        decision = enforce_class(request.scope, export_class)
+    def dependency(connection: HTTPConnection) -> Decision:
+        decision = enforce_class(connection.scope, export_class)
         if not decision.allowed:
+            if connection.scope["type"] == "websocket":
+                raise WebSocketException(code=POLICY_VIOLATION, reason="policy violation")
             raise GeofenceDenied(decision)
         return decision
 
     # FastAPI reads annotations at run time; with postponed evaluation they are strings naming a local import.
-    dependency.__annotations__ = {"request": Request, "return": Decision}
+    dependency.__annotations__ = {"connection": HTTPConnection, "return": Decision}
     return dependency
 
 
 def requires_class(export_class: str) -> Callable[[F], F]:
-    """A decorator for Starlette endpoints ``async def endpoint(request)``: deny unless *export_class* is allowed."""
-    from starlette.requests import Request
+    """A decorator for Starlette endpoints ``async def endpoint(request)`` (or ``(websocket)``): deny unless
+    *export_class* is allowed. A denied WebSocket gets the denial as its handshake's HTTP response where the
+    server supports that, else a close with code 1008, before it is accepted."""
+    from starlette.requests import HTTPConnection
     from starlette.responses import Response
-
-    expect_endpoint_checks()
+    from starlette.websockets import WebSocket
 
     def decorate(endpoint: F) -> F:
         @functools.wraps(endpoint)
-        async def wrapper(request: Request, *args: Any, **kwargs: Any) -> Any:
-            decision = enforce_class(request.scope, export_class)
-            if not decision.allowed:
-                return _response(decision, request, Response)
-            return await endpoint(request, *args, **kwargs)
+        async def wrapper(connection: HTTPConnection, *args: Any, **kwargs: Any) -> Any:
+            decision = enforce_class(connection.scope, export_class)
+            if decision.allowed:
+                return await endpoint(connection, *args, **kwargs)
+            if not isinstance(connection, WebSocket):
+                return _response(decision, connection, Response)
+            if "websocket.http.response" in connection.scope.get("extensions", {}):
+                await connection.send_denial_response(_response(decision, connection, Response))
+            else:
+                await connection.close(code=POLICY_VIOLATION, reason="policy violation")
+            return None
 
         return wrapper  # type: ignore[return-value]
 

@@ -23,7 +23,6 @@ from litestar.handlers.base import BaseRouteHandler
 from litestar.types import ExceptionHandlersMap, Guard
 
 from .integrations import GeofenceDenied, denial_parts, enforce_class
-from .middleware import expect_endpoint_checks
 
 __all__ = ["GeofenceDenied", "exception_handlers", "handle_denied", "require_class"]
 
@@ -32,7 +31,6 @@ _POLICY_VIOLATION: Final = 1008  # RFC 6455 close code, as the middleware closes
 
 def require_class(export_class: str) -> Guard:
     """A Litestar guard: deny the request (HTTP or WebSocket) unless *export_class* is allowed for its caller."""
-    expect_endpoint_checks()
 
     def guard(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler) -> None:
         scope: Any = connection.scope  # Litestar's TypedDict union; geofence reads it as a plain mapping

@@ -33,7 +33,7 @@ from .asgi import (
     send_denial,
     send_json,
 )
-from .deciding import CACHEABLE, Decider
+from .deciding import Decider, privacy
 from .decision import AUDIT_UNAVAILABLE, ERROR, Decision, Reason, error_decision
 from .errors import GeofenceError
 from .freshness import stale_decision, stale_message
@@ -66,8 +66,9 @@ CLIENT_KEY: Final = "geofence.client"
 """The resolved client (location, why there is none, exempt network, broken chain) for per-endpoint checks."""
 PRIVATE_KEY: Final = "geofence.private"
 """Classes per-endpoint helpers allowed for this request that make its response private (see :func:`_markable`)."""
+ENFORCED_KEY: Final = "geofence.enforced"
+"""What per-endpoint helpers decided for this request, by class: each is checked and recorded once."""
 _INTERNAL_ERROR_CLASS: Final = "unknown"
-_endpoint_checks = False  # set by expect_endpoint_checks(): some per-endpoint helper exists in this process
 
 
 class GeofenceMiddleware:
@@ -177,8 +178,8 @@ class GeofenceMiddleware:
             _publish(scope, decision, state.policy, self, where)
             if private:
                 send = private_responses(send)
-            elif _endpoint_checks:
-                send = _markable(state, scope, send)
+            elif private is None:
+                send = _markable(scope, send)
             await self.app(scope, receive, send)
             return
         if decision is None:
@@ -190,7 +191,7 @@ class GeofenceMiddleware:
                     decision, receive = await self._decider.decide_request(state, scope, receive, front)
             except Exception as exc:
                 decision = self._internal_error(state, scope, exc)
-            private = scope.get("method") in CACHEABLE and decision.export_class in state.private_classes
+            private = privacy(scope.get("method"), decision.export_class, state)
         await self._finish(state, scope, receive, send, decision, where, private)
 
     def _miss(
@@ -221,9 +222,29 @@ class GeofenceMiddleware:
         send: Send,
         decision: Decision,
         where: Where | None = None,
-        private: bool = False,
+        private: bool | None = False,
     ) -> None:
         """Everything but the warm path: a stale database, the audit trail, report mode, denials."""
+        decision = self._checked(state, decision)
+        scope_state = _publish(scope, decision, state.policy, self, where)
+        client = where.client if where is not None else None
+        decision = scope_state[STATE_KEY] = self.recorder.decided(decision, scope, state, client)
+        if decision.allowed:
+            if private:
+                send = private_responses(send)
+            elif private is None:
+                send = _markable(scope, send)
+            identity = decision.identity
+            if scope["type"] == "websocket" and identity is not None and identity.expires is not None:
+                receive, send = expiring_websocket(receive, send, identity.expires + state.websocket_grace)
+            await self.app(scope, receive, send)
+            return
+        await send_denial(scope, receive, send, self._denial(state, decision, scope))
+
+    def _checked(self, state: State, decision: Decision) -> Decision:
+        """What may still refuse a decision: a stale database under ``on_stale = "deny"``, and a failing audit
+        trail under ``on_failure = "deny"`` (what cannot be recorded is not served; the denial is still queued,
+        and the first write that succeeds clears the failure)."""
         if state.stale_at is not None and time.time() >= state.stale_at:
             decision = self._stale(state, decision)
         audit = state.audit
@@ -234,24 +255,9 @@ class GeofenceMiddleware:
             and decision.export_class in state.restricting
             and audit.failing
         ):
-            # [audit] on_failure = "deny": what cannot be recorded is not served (the denial is still queued,
-            # and the first write that succeeds clears the failure)
             detail = "audit trail failing (on_failure = deny)"
             decision = error_decision(state.policy, decision.export_class, detail, code=AUDIT_UNAVAILABLE)
-        scope_state = _publish(scope, decision, state.policy, self, where)
-        client = where.client if where is not None else None
-        decision = scope_state[STATE_KEY] = self.recorder.decided(decision, scope, state, client)
-        if decision.allowed:
-            if private:
-                send = private_responses(send)
-            elif _endpoint_checks:
-                send = _markable(state, scope, send)
-            identity = decision.identity
-            if scope["type"] == "websocket" and identity is not None and identity.expires is not None:
-                receive, send = expiring_websocket(receive, send, identity.expires + state.websocket_grace)
-            await self.app(scope, receive, send)
-            return
-        await send_denial(scope, receive, send, self._denial(state, decision, scope))
+        return decision
 
     def _stale(self, state: State, decision: Decision) -> Decision:
         """A database passed ``[geoip] max_age_days``: warn once per loaded state, then apply ``on_stale``."""
@@ -276,18 +282,38 @@ class GeofenceMiddleware:
         return self._decider.identity_of(self._state, scope)
 
     def enforced(self, decision: Decision, scope: Scope) -> Decision:
-        """A per-endpoint helper enforces *decision*, a class the code demands: record it as the middleware's
-        own decisions are (log, audit, ``on_decision``), mark an allowed response private when its class can
-        deny anyone, and return the decision to act on."""
+        """A per-endpoint helper enforces *decision*, a class the code demands: apply what may still refuse it
+        (a stale database, a failing audit trail), record it once per class and request as the middleware's
+        own decisions are (log, audit, ``on_decision``, with the request's id), mark an allowed GET or HEAD
+        private when its class can deny anyone, and return the decision to act on."""
         state, scope_state = self._live.state, scope.get("state") or {}
-        if state is None or decision is scope_state.get(STATE_KEY):
-            return decision  # the middleware's own decision: recorded already
+        current = scope_state.get(STATE_KEY)
+        if state is None or current is None or decision is current:
+            return decision  # the middleware's own decision: checked and recorded already
+        decision = self._checked(state, decision)
+        enforced: dict[str, Decision] = scope_state.setdefault(ENFORCED_KEY, {})
+        if decision.export_class in enforced:
+            return enforced[decision.export_class]  # several guards on one route: one record
+        request_id(scope)  # fixes the request's id, so every record of it carries the same one
         where = scope_state.get(CLIENT_KEY)
         decision = self.recorder.decided(decision, scope, state, where.client if where is not None else None)
-        marks = scope_state.get(PRIVATE_KEY)
-        if marks is not None and decision.allowed and decision.export_class in state.private_classes:
-            marks.append(decision.export_class)
+        if decision.allowed and privacy(scope.get("method"), decision.export_class, state):
+            marks = scope_state.get(PRIVATE_KEY)
+            if marks is not None:
+                marks.append(decision.export_class)
+            elif not privacy(scope.get("method"), current.export_class, state):  # nothing can mark it
+                detail = "the response could not be marked private"
+                decision = error_decision(state.policy, decision.export_class, detail)
+        enforced[decision.export_class] = decision
         return decision
+
+    def private_for(self, decision: Decision, scope: Scope) -> bool:
+        """Whether an allowed response of *decision* must be marked private for shared caches: a GET or HEAD
+        of a class that can deny anyone (for a helper that sets the header itself, before an in-app cache)."""
+        state = self._live.state
+        return (
+            state is not None and decision.allowed and bool(privacy(scope.get("method"), decision.export_class, state))
+        )
 
     def denial(self, decision: Decision, scope: Scope) -> DenialResponse:
         """The response for a denied *decision* of a request (also used by the per-endpoint helpers)."""
@@ -305,18 +331,9 @@ class GeofenceMiddleware:
             return denial_response(decision, dataclasses.replace(config, hook=None, template=None), accept, None, rid)
 
 
-def expect_endpoint_checks() -> None:
-    """A per-endpoint helper (``require_class`` and friends) was created: from now on an allowed GET or HEAD
-    whose own class is not marked private gets a send that marks it private if a helper allows a class that
-    can deny anyone. Processes without helpers pay nothing for it."""
-    global _endpoint_checks
-    _endpoint_checks = True
-
-
-def _markable(state: State, scope: Scope, send: Send) -> Send:
-    """*send*, marking the response private once a helper records a restricting class in ``PRIVATE_KEY``."""
-    if scope.get("method") not in CACHEABLE or not state.private_classes:
-        return send
+def _markable(scope: Scope, send: Send) -> Send:
+    """*send*, marking the response private once a per-endpoint helper allows a class that can deny anyone
+    (it adds the class to ``PRIVATE_KEY``): the route's own class could not."""
     marks: list[str] = []
     scope["state"][PRIVATE_KEY] = marks
     return private_when(marks, send)

@@ -72,8 +72,10 @@ def response_settings(raw: Any, base_dir: Path | None, check: Checker) -> Respon
     """The validated ``[response]`` table; problems go to *check*."""
     table = check.table(raw, "response", _KEYS)
     blocked_by = check.string(table.get("blocked_by"), "response.blocked_by")
-    if blocked_by is not None and not re.fullmatch(r"[a-zA-Z][a-zA-Z0-9+.-]*:[^\s<>\"]+", blocked_by):
-        check.error("response.blocked_by", f"{blocked_by!r} is not an absolute URI")
+    if blocked_by is not None and not re.fullmatch(r"[a-zA-Z][a-zA-Z0-9+.-]*:[!#-;=?-~]+", blocked_by):
+        check.error(
+            "response.blocked_by", f"{blocked_by!r} is not an absolute URI (ASCII: percent-encode other characters)"
+        )
     private_cache = table.get("private_cache", True)
     if not isinstance(private_cache, bool):
         check.error("response.private_cache", "must be true or false")

@@ -105,7 +105,9 @@ class DecisionRecorder:
         request path of every served request on a controlled class. False when the record could not be queued."""
         if sinks.audit is None:  # the caller checked [audit] include (State.audited)
             return True
-        return sinks.audit.submit("allow", decision, scope["headers"], client)  # the writer reads the request id
+        # The writer thread works out the request id from the headers, unless the request already has one
+        given = scope["state"].get(REQUEST_ID_KEY) if "state" in scope else None
+        return sinks.audit.submit("allow", decision, given or scope["headers"], client)
 
     def record(
         self, outcome: str, decision: Decision, scope: MutableMapping[str, Any], sinks: Sinks, client: str | None

@@ -64,8 +64,9 @@ class Front(NamedTuple):
     where: Where
     decision: Decision | None
     """The decision, when identity and parameters play no part (most requests): the warm path ends here."""
-    private: bool
-    """Whether an allowed response must be marked private for shared caches."""
+    private: bool | None
+    """Whether an allowed response is marked private for shared caches: True, its class can deny anyone;
+    None, only if a per-endpoint helper allows such a class (see :func:`geofence.deciding.privacy`)."""
     plain: bool
     """The decision is an allow with nothing to record or check per request (no reasons, not audited, no
     audit-failure rule): the middleware's shortest path."""

@@ -13,6 +13,7 @@ from typing import Any
 
 import httpx
 import pytest
+from starlette.websockets import WebSocket  # FastAPI resolves the endpoint's annotations in this module
 
 from geofence import Decision, GeofenceMiddleware, check_class
 
@@ -156,3 +157,141 @@ async def test_an_audit_failure_under_on_failure_deny_refuses_what_a_helper_allo
     response = await get(middleware, "/weights", "8.8.8.8")
     middleware.close()
     assert response.status_code == 503 and response.json()["reasons"][0]["code"] == "audit_unavailable"
+
+
+async def test_a_raw_asgi_app_enforcing_a_class_gets_its_response_marked_private(
+    country_db: Path, tmp_path: Path
+) -> None:
+    """No helper object exists before the first request (Django imports its URLconf on the first request):
+    the marking must not depend on when a helper was created."""
+    from geofence.integrations import enforce_class
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        status = 200 if enforce_class(scope, "4E091").allowed else 451
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [(b"cache-control", b"public, max-age=600")]})  # fmt: skip
+        await send({"type": "http.response.body", "body": b"weights"})
+
+    middleware = GeofenceMiddleware(app, config=config(country_db, tmp_path / "audit.jsonl"))
+    response = await get(middleware, "/weights", "8.8.8.8")
+    middleware.close()
+    assert response.status_code == 200 and response.headers["cache-control"] == "private, max-age=600"
+
+
+async def test_djangos_own_cache_never_stores_a_helper_allowed_response(country_db: Path, tmp_path: Path) -> None:
+    middleware = GeofenceMiddleware(django_app(), config=config(country_db, tmp_path / "audit.jsonl"))
+    allowed = await get(middleware, "/cached", "8.8.8.8")
+    assert allowed.status_code == 200 and allowed.headers["cache-control"] == "private, max-age=600"
+    denied = await get(middleware, "/cached", "5.8.1.1")  # not answered from Django's cache
+    middleware.close()
+    assert denied.status_code == 451
+
+
+@pytest.mark.parametrize("failure", ["stale database", "failing audit trail"])
+async def test_what_refuses_the_middlewares_decisions_refuses_a_helpers(
+    failure: str, country_db: Path, tmp_path: Path
+) -> None:
+    policy = config(country_db, tmp_path / "audit.jsonl")
+    policy["geoip"].update(max_age_days=1, on_stale="deny") if failure == "stale database" else None
+    policy["audit"]["on_failure"] = "deny"
+    middleware = GeofenceMiddleware(starlette_app(), config=policy)
+    state = middleware._live.state
+    assert state is not None and state.audit is not None
+    if failure == "stale database":
+        state.stale_at = 0.0  # built long ago
+    else:
+        state.audit._sink_failed = True  # the disk is full
+    response = await get(middleware, "/weights", "8.8.8.8")
+    middleware.close()
+    assert response.status_code == 503
+
+
+async def test_an_exempt_path_does_not_exempt_a_class_the_code_demands(country_db: Path, tmp_path: Path) -> None:
+    for route_class in ("OPEN", "4E091"):  # whether or not the route's own class is the demanded one
+        policy = config(country_db, tmp_path / "audit.jsonl")
+        policy["routes"] = [{"path": "/weights", "class": route_class}]
+        policy["exempt"] = {"paths": ["/weights"]}
+        middleware = GeofenceMiddleware(starlette_app(), config=policy)
+        response = await get(middleware, "/weights", "5.8.1.1")
+        middleware.close()
+        assert response.status_code == 451, route_class
+
+
+async def test_two_guards_for_one_class_record_it_once(country_db: Path, tmp_path: Path) -> None:
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+
+    from geofence import requires_class
+
+    @requires_class("4E091")
+    @requires_class("4E091")
+    async def weights(request: Request) -> PlainTextResponse:
+        return PlainTextResponse("weights")
+
+    audit = tmp_path / "audit.jsonl"
+    middleware = GeofenceMiddleware(Starlette(routes=[Route("/weights", weights)]), config=config(country_db, audit))
+    transport = httpx.ASGITransport(app=middleware, client=("8.8.8.8", 40000))
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+        assert (await client.get("/weights")).status_code == 200  # no X-Request-ID: geofence makes one
+    middleware.close()
+    assert [(outcome, cls) for outcome, cls, _ in records(audit)] == [("allow", "4E091")]
+
+
+@pytest.mark.parametrize("framework", ["starlette", "fastapi"])
+def test_websocket_routes_are_refused_before_accept(framework: str, country_db: Path, tmp_path: Path) -> None:
+    from starlette.testclient import TestClient, WebSocketDenialResponse
+    from starlette.websockets import WebSocketDisconnect
+
+    if framework == "starlette":
+        from starlette.applications import Starlette
+        from starlette.routing import WebSocketRoute
+
+        from geofence import requires_class
+
+        @requires_class("4E091")
+        async def echo(websocket: WebSocket) -> None:
+            await websocket.accept()
+            await websocket.send_text("weights")
+            await websocket.close()
+
+        app: Any = Starlette(routes=[WebSocketRoute("/ws", echo)])
+    else:
+        from fastapi import Depends, FastAPI
+
+        from geofence import require_class
+
+        app = FastAPI()
+
+        @app.websocket("/ws", dependencies=[Depends(require_class("4E091"))])
+        async def echo_fastapi(websocket: WebSocket) -> None:
+            await websocket.accept()
+            await websocket.send_text("weights")
+            await websocket.close()
+
+    policy = config(country_db, tmp_path / "audit.jsonl")
+    for peer, allowed in (("8.8.8.8", True), ("5.8.1.1", False)):
+        middleware = GeofenceMiddleware(app, config=policy)
+        with TestClient(middleware, client=(peer, 40000)) as client:
+            if allowed:
+                with client.websocket_connect("/ws") as websocket:
+                    assert websocket.receive_text() == "weights"
+            else:
+                with pytest.raises((WebSocketDenialResponse, WebSocketDisconnect)) as refused:
+                    with client.websocket_connect("/ws"):
+                        pass
+                if isinstance(refused.value, WebSocketDenialResponse):  # Starlette: the denial itself
+                    assert refused.value.status_code == 451
+                else:  # FastAPI sends no response for a WebSocket dependency: a close before accept
+                    assert refused.value.code == 1008
+        middleware.close()
+
+
+def test_a_blocked_by_uri_that_cannot_be_a_header_is_a_load_error(country_db: Path, tmp_path: Path) -> None:
+    from geofence import PolicyError, parse_policy
+
+    policy = config(country_db, tmp_path / "audit.jsonl")
+    policy["response"] = {"blocked_by": "https://例え.jp/export"}  # a Link header is Latin-1: refuse it at load
+    with pytest.raises(PolicyError, match=r"response\.blocked_by"):
+        parse_policy(policy)

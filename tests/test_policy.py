@@ -235,7 +235,7 @@ def test_response_and_proxy_sections() -> None:
     assert [text for _, _, text in policy.trusted_proxies] == ["unix", "10.0.0.0/8"]
     assert policy.proxy_header == "forwarded"
     found = problems({**MINIMAL, "response": {"blocked_by": "not a uri"}, "proxies": {"header": "bad header"}})
-    assert "response.blocked_by: 'not a uri' is not an absolute URI" in found
+    assert "response.blocked_by: 'not a uri' is not an absolute URI (ASCII: percent-encode other characters)" in found
     assert "proxies.header: 'bad header' is not an HTTP header name" in found
 
 

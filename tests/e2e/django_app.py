@@ -28,6 +28,7 @@ if not settings.configured:
 
 from django.http import HttpRequest, HttpResponse, JsonResponse  # noqa: E402
 from django.urls import include, path  # noqa: E402
+from django.views.decorators.cache import cache_page  # noqa: E402
 
 
 def _class(request: HttpRequest) -> Any:
@@ -59,7 +60,16 @@ def tagged(request: HttpRequest) -> HttpResponse:
     return JsonResponse({"view": "tagged", "class": _class(request)})
 
 
+@cache_page(600)  # Django's own cache outside the requirement: it must never store a response for others
+@require_class("4E091")
+def cached(request: HttpRequest) -> HttpResponse:
+    response = JsonResponse({"view": "cached", "class": _class(request)})
+    response["Cache-Control"] = "public, max-age=600"
+    return response
+
+
 views = [
+    path("cached", cached),
     path("weights-sync", weights_sync),
     path("weights-async", weights_async),
     path("person", person),
