@@ -7,7 +7,9 @@ A block is checked by its language unless the line right above its fence says ot
   its output must match the lines under it. ``...`` in a line matches any text, a line of only ``...`` any
   number of lines; policy versions and a database's age match loosely. The exit status must be 0, or the
   ``# exit N`` that the command's comment states. A command with no lines under it is checked by its status.
-* ``python`` — runs as a script in a scratch folder holding ``geofence.toml`` (the bundled example policy).
+* ``python`` — runs as a script in a scratch folder holding ``geofence.toml`` (the bundled example policy);
+  with ``requests=GET /path from IP -> STATUS, ...`` each request is then sent to the ``app`` it built (in
+  process, real ASGI, from that client address) and must get that status.
 * ``toml`` — a policy fragment: merged over the example policy, it must load with ``parse_policy``.
 * ``json`` — must parse.
 * ``bash``, ``ini``, ``text`` — must carry a marker.
@@ -33,7 +35,7 @@ DOCUMENTS = ("README.md", "data/README.md")
 
 _FENCE = re.compile(r"^```(\S*)\s*$")
 _MARKER = re.compile(r"^<!-- doc: (.+?) -->$")
-DIRECTIVES = ("fragment", "continues", "policy", "argv", "demo", "setup", "output", "skip")
+DIRECTIVES = ("fragment", "continues", "policy", "argv", "demo", "setup", "output", "requests", "skip")
 LANGUAGES = ("console", "python", "toml", "json", "bash", "ini", "text")
 
 
