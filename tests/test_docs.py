@@ -306,8 +306,8 @@ def _health(folder: Path) -> str:
 
 
 def _denial(folder: Path) -> str:
-    """The problem JSON for a request from Russia on an EAR99 route, with a ``[response] contact``."""
-    middleware = _middleware(_demo_policy(response={"contact": "export-help@example.com"}))
+    """The problem JSON for a request from Russia on an EAR99 route (the example policy names a contact)."""
+    middleware = _middleware(_demo_policy())
     status, _, body = _request(middleware, "/anything", "5.255.255.5")
     middleware.close()
     assert status == 451
