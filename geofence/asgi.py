@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from functools import partial
@@ -16,6 +17,8 @@ from typing import Any, Final
 from .responses import DenialResponse
 
 __all__ = [
+    "Deadline",
+    "Marks",
     "buffer_body",
     "expiring_websocket",
     "header",
@@ -108,32 +111,52 @@ def _send_private(send: Send, message: Message) -> Awaitable[None]:
     return send(message)
 
 
-def private_when(marks: list[str], send: Send) -> Send:
-    """Like :func:`private_responses`, but only if *marks* is non-empty when the response starts: a
+class Marks:
+    """Classes per-endpoint helpers allowed for one request that make its response private, and whether the
+    response has started (then it is too late to mark it)."""
+
+    __slots__ = ("classes", "started")
+
+    def __init__(self) -> None:
+        self.classes: list[str] = []
+        self.started = False
+
+
+def private_when(marks: Marks, send: Send) -> Send:
+    """Like :func:`private_responses`, but only if *marks* names a class when the response starts: a
     per-endpoint helper allowed a class that can deny anyone, after the route's own class needed no marking."""
     return partial(_send_private_when, marks, send)
 
 
-def _send_private_when(marks: list[str], send: Send, message: Message) -> Awaitable[None]:
-    return _send_private(send, message) if marks else send(message)
+def _send_private_when(marks: Marks, send: Send, message: Message) -> Awaitable[None]:
+    if message["type"] == "http.response.start":
+        marks.started = True
+        if marks.classes:
+            return _send_private(send, message)
+    return send(message)
 
 
 def _make_private(headers: Any) -> list[tuple[bytes, bytes]]:
     given = [bytes(v).decode("latin-1") for k, v in headers if bytes(k).lower() == b"cache-control"]
     value = private_cache_control(given)
+    kept = [(k, v) for k, v in headers if bytes(k).lower() not in CDN_CACHE_HEADERS]
     if value is None:
-        return list(headers)
-    kept = [(k, v) for k, v in headers if bytes(k).lower() != b"cache-control"]
-    return [*kept, (b"cache-control", value.encode("latin-1"))]
+        return kept
+    return [*(h for h in kept if bytes(h[0]).lower() != b"cache-control"), (b"cache-control", value.encode("latin-1"))]
+
+
+CDN_CACHE_HEADERS: Final = frozenset({b"cdn-cache-control", b"cloudflare-cdn-cache-control", b"surrogate-control"})
+"""Headers a CDN obeys instead of ``Cache-Control`` (RFC 9213 and vendors'): dropped from a private response."""
+_DIRECTIVE: Final = re.compile(r'(?:[^,"]|"(?:[^"\\]|\\.)*")+')  # a directive; a quoted value may hold commas
 
 
 def private_cache_control(given: list[str]) -> str | None:
     """The ``Cache-Control`` value that makes a response with *given* values private: the app's directives
     but ``public`` / ``s-maxage``, after ``private``; None when it already is private or ``no-store``."""
-    directives = [d.strip() for v in given for d in v.split(",") if d.strip()]
+    directives = [d.strip() for v in given for d in _DIRECTIVE.findall(v) if d.strip()]
     if any(d.lower() in ("private", "no-store") for d in directives):
         return None
-    kept = [d for d in directives if not d.lower().startswith(("public", "s-maxage"))]
+    kept = [d for d in directives if d.split("=")[0].strip().lower() not in ("public", "s-maxage")]
     return ", ".join(["private", *kept])
 
 
@@ -166,9 +189,22 @@ async def buffer_body(receive: Receive, limit: int) -> tuple[bytes | None, Recei
     return body, replay
 
 
-def expiring_websocket(receive: Receive, send: Send, deadline: float) -> tuple[Receive, Send]:
-    """Wrap a WebSocket so it cannot outlive the identity that allowed it: at *deadline* (UNIX time: the
-    token's expiry plus any grace) the connection is closed with 1008, and the app is told it disconnected.
+class Deadline:
+    """When a WebSocket must end (UNIX time: a token's expiry plus any grace), or None for no limit yet: a
+    per-endpoint helper that allows an identity class after the handshake sets or shortens it."""
+
+    __slots__ = ("at",)
+
+    def __init__(self, at: float | None = None) -> None:
+        self.at = at
+
+    def shorten(self, at: float) -> None:
+        self.at = at if self.at is None else min(self.at, at)
+
+
+def expiring_websocket(receive: Receive, send: Send, deadline: Deadline) -> tuple[Receive, Send]:
+    """Wrap a WebSocket so it cannot outlive the identity that allowed it: at *deadline* (see
+    :class:`Deadline`) the connection is closed with 1008, and the app is told it disconnected.
 
     Data only flows through ``receive`` and ``send``, so checking the deadline there (and waking a waiting
     ``receive`` at the deadline) is enough: an expired session can neither read nor write.
@@ -183,7 +219,9 @@ def expiring_websocket(receive: Receive, send: Send, deadline: float) -> tuple[R
         return {"type": "websocket.disconnect", "code": POLICY_VIOLATION}
 
     async def guarded_receive() -> Message:
-        remaining = deadline - time.time()
+        if deadline.at is None and not closed:
+            return await receive()
+        remaining = (deadline.at or 0.0) - time.time()
         if closed or remaining <= 0:
             return await close()
         try:
@@ -192,7 +230,7 @@ def expiring_websocket(receive: Receive, send: Send, deadline: float) -> tuple[R
             return await close()
 
     async def guarded_send(message: Message) -> None:
-        if closed or time.time() >= deadline:
+        if closed or (deadline.at is not None and time.time() >= deadline.at):
             await close()  # whatever the app meant to send, the session is over
             return
         await send(message)

@@ -145,7 +145,7 @@ def privacy(method: str | None, export_class: str, state: State) -> bool | None:
     """How an allowed response is guarded against shared caches: True, marked private (its class can deny
     anyone); None, a GET or HEAD of a class that cannot, which a per-endpoint helper may still make private
     (it demands a class that can); False, nothing to guard (other methods, or ``private_cache = false``)."""
-    if method not in _CACHEABLE or not state.private_classes:
+    if method is None or method.upper() not in _CACHEABLE or not state.private_classes:
         return False
     return True if export_class in state.private_classes else None
 

@@ -26,9 +26,13 @@ V = TypeVar("V", bound=Callable[..., Any])
 
 
 def require_class(export_class: str) -> Callable[[V], V]:
-    """A view decorator: answer the middleware's standard denial unless *export_class* is allowed. An allowed
-    GET or HEAD of a class that can deny anyone is marked ``Cache-Control: private`` on the view's response
-    itself, so Django's own cache (``UpdateCacheMiddleware``, ``cache_page``) never stores it for others."""
+    """A view decorator: answer the middleware's standard denial unless *export_class* is allowed.
+
+    Django's own cache (``cache_page``, ``UpdateCacheMiddleware``) is keyed by URL, not by caller, and answers
+    before this decorator runs: a response it stored for one caller would reach callers the class refuses. So
+    Django is told never to store what this view answers, whatever other decorators do to its headers; and an
+    allowed GET or HEAD of a class that can deny anyone is also marked ``Cache-Control: private`` for caches
+    outside Django."""
 
     def decorate(view: V) -> V:
         if iscoroutinefunction(view):
@@ -61,6 +65,7 @@ def _decide(request: Any, export_class: str) -> tuple[Any, bool]:
             "geofence.django.require_class needs Django's ASGI handler behind GeofenceMiddleware "
             "(this request has no ASGI scope: is it served by WSGI?)"
         )
+    request._cache_update_cache = False  # what Django's FetchFromCacheMiddleware sets to keep a response out
     decision = enforce_class(scope, export_class)
     if decision.allowed:
         return None, scope["state"][MIDDLEWARE_KEY].private_for(decision, scope)

@@ -25,6 +25,8 @@ from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from typing import Any, Final
 
 from .asgi import (
+    Deadline,
+    Marks,
     expiring_websocket,
     header,
     private_responses,
@@ -66,6 +68,8 @@ CLIENT_KEY: Final = "geofence.client"
 """The resolved client (location, why there is none, exempt network, broken chain) for per-endpoint checks."""
 PRIVATE_KEY: Final = "geofence.private"
 """Classes per-endpoint helpers allowed for this request that make its response private (see :func:`_markable`)."""
+DEADLINE_KEY: Final = "geofence.deadline"
+"""When this WebSocket must end (a :class:`geofence.asgi.Deadline`), which a helper's identity may shorten."""
 ENFORCED_KEY: Final = "geofence.enforced"
 """What per-endpoint helpers decided for this request, by class: each is checked and recorded once."""
 _INTERNAL_ERROR_CLASS: Final = "unknown"
@@ -180,6 +184,8 @@ class GeofenceMiddleware:
                 send = private_responses(send)
             elif private is None:
                 send = _markable(scope, send)
+            elif kind == "websocket":
+                receive, send = _expiring(state, scope, receive, send, None)
             await self.app(scope, receive, send)
             return
         if decision is None:
@@ -234,9 +240,8 @@ class GeofenceMiddleware:
                 send = private_responses(send)
             elif private is None:
                 send = _markable(scope, send)
-            identity = decision.identity
-            if scope["type"] == "websocket" and identity is not None and identity.expires is not None:
-                receive, send = expiring_websocket(receive, send, identity.expires + state.websocket_grace)
+            elif scope["type"] == "websocket":
+                receive, send = _expiring(state, scope, receive, send, decision.identity)
             await self.app(scope, receive, send)
             return
         await send_denial(scope, receive, send, self._denial(state, decision, scope))
@@ -297,13 +302,8 @@ class GeofenceMiddleware:
         request_id(scope)  # fixes the request's id, so every record of it carries the same one
         where = scope_state.get(CLIENT_KEY)
         decision = self.recorder.decided(decision, scope, state, where.client if where is not None else None)
-        if decision.allowed and privacy(scope.get("method"), decision.export_class, state):
-            marks = scope_state.get(PRIVATE_KEY)
-            if marks is not None:
-                marks.append(decision.export_class)
-            elif not privacy(scope.get("method"), current.export_class, state):  # nothing can mark it
-                detail = "the response could not be marked private"
-                decision = error_decision(state.policy, decision.export_class, detail)
+        if decision.allowed:
+            decision = _guard(state, scope, scope_state, decision, current)
         enforced[decision.export_class] = decision
         return decision
 
@@ -334,9 +334,40 @@ class GeofenceMiddleware:
 def _markable(scope: Scope, send: Send) -> Send:
     """*send*, marking the response private once a per-endpoint helper allows a class that can deny anyone
     (it adds the class to ``PRIVATE_KEY``): the route's own class could not."""
-    marks: list[str] = []
-    scope["state"][PRIVATE_KEY] = marks
+    marks = scope["state"][PRIVATE_KEY] = Marks()
     return private_when(marks, send)
+
+
+def _expiring(
+    state: State, scope: Scope, receive: Receive, send: Send, identity: Identity | None
+) -> tuple[Receive, Send]:
+    """A WebSocket's receive and send, closed when the identity that allowed it expires: the route's own (if
+    its class read one), or one a per-endpoint helper allows later (it shortens ``DEADLINE_KEY``)."""
+    deadline = scope["state"][DEADLINE_KEY] = Deadline()
+    if identity is not None and identity.expires is not None:
+        deadline.at = identity.expires + state.websocket_grace
+    return expiring_websocket(receive, send, deadline)
+
+
+def _guard(state: State, scope: Scope, scope_state: Any, decision: Decision, current: Decision) -> Decision:
+    """What an allowed helper decision needs from the response: private marking for a GET or HEAD of a class
+    that can deny anyone, the identity's expiry for a WebSocket. Refused (503) when that is no longer
+    possible — the response has started, or nothing was set up to carry it."""
+    problem = None
+    if privacy(scope.get("method"), decision.export_class, state):
+        marks = scope_state.get(PRIVATE_KEY)
+        if marks is not None and not marks.started:
+            marks.classes.append(decision.export_class)
+        elif marks is not None or not privacy(scope.get("method"), current.export_class, state):
+            problem = "the response could not be marked private"
+    identity = decision.identity
+    if scope.get("type") == "websocket" and identity is not None and identity.expires is not None:
+        deadline = scope_state.get(DEADLINE_KEY)
+        if deadline is not None:
+            deadline.shorten(identity.expires + state.websocket_grace)
+        else:
+            problem = "the WebSocket could not be bound to the identity's expiry"
+    return error_decision(state.policy, decision.export_class, problem) if problem else decision
 
 
 def _publish(

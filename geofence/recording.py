@@ -19,7 +19,7 @@ from .audit import AuditWriter
 from .decision import AUDIT_UNAVAILABLE, Decision, error_decision
 from .metrics import Metrics
 from .policy import Policy
-from .request import header_request_id
+from .request import REQUEST_ID_KEY, request_id
 
 __all__ = ["REQUEST_ID_KEY", "DecisionRecorder", "printable", "request_id"]
 
@@ -27,7 +27,6 @@ decisions_log = logging.getLogger("geofence.decision")
 log = logging.getLogger("geofence")
 
 _MAX_LOGGED: Final = 200
-REQUEST_ID_KEY: Final = "geofence.request_id"
 
 
 def printable(text: object, limit: int = _MAX_LOGGED) -> str:
@@ -47,17 +46,6 @@ def _escape(char: str) -> str:
     if char in '"\\':
         return "\\" + char
     return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
-
-
-def request_id(scope: MutableMapping[str, Any]) -> str:
-    """The request's id for logs and audit records: the client's or proxy's ``X-Request-ID`` when it is a
-    plain token (so records join with the proxy's logs), else a new random one; kept in ``scope["state"]``
-    under ``geofence.request_id`` so the app can log the same id."""
-    state = scope.setdefault("state", {})
-    found = state.get(REQUEST_ID_KEY)
-    if found is None:
-        found = state[REQUEST_ID_KEY] = header_request_id(scope.get("headers", ()))
-    return str(found)
 
 
 class Sinks(Protocol):
@@ -105,9 +93,8 @@ class DecisionRecorder:
         request path of every served request on a controlled class. False when the record could not be queued."""
         if sinks.audit is None:  # the caller checked [audit] include (State.audited)
             return True
-        # The writer thread works out the request id from the headers, unless the request already has one
-        given = scope["state"].get(REQUEST_ID_KEY) if "state" in scope else None
-        return sinks.audit.submit("allow", decision, given or scope["headers"], client)
+        # the writer thread works out the request's id (request_id(scope)), off the request path
+        return sinks.audit.submit("allow", decision, scope, client)
 
     def record(
         self, outcome: str, decision: Decision, scope: MutableMapping[str, Any], sinks: Sinks, client: str | None

@@ -19,7 +19,18 @@ from collections.abc import Callable, Iterable, Mapping, MutableMapping
 from functools import partial
 from typing import Any, Final, NamedTuple
 
-__all__ = ["MAX_KEY_BYTES", "Refused", "RequestFacts", "header_request_id", "read_request", "request_key"]
+__all__ = [
+    "MAX_KEY_BYTES",
+    "REQUEST_ID_KEY",
+    "Refused",
+    "RequestFacts",
+    "header_request_id",
+    "read_request",
+    "request_id",
+    "request_key",
+]
+
+REQUEST_ID_KEY: Final = "geofence.request_id"
 
 MAX_KEY_BYTES: Final = 2048
 """Requests whose path, host and forwarding headers together are longer are decided without caching."""
@@ -135,3 +146,14 @@ def header_request_id(headers: Iterable[tuple[bytes, bytes]]) -> str:
         if name == b"x-request-id" and _REQUEST_ID.fullmatch(value):
             return value.decode("ascii")
     return f"{_ID_PREFIX}{next(_ID_COUNTER):x}"
+
+
+def request_id(scope: MutableMapping[str, Any]) -> str:
+    """The request's id for logs and audit records: the client's or proxy's ``X-Request-ID`` when it is a
+    plain token (so records join with the proxy's logs), else a new random one; kept in ``scope["state"]``
+    under ``geofence.request_id`` so the app can log the same id."""
+    state = scope.setdefault("state", {})
+    found = state.get(REQUEST_ID_KEY)
+    if found is None:  # setdefault: the audit writer's thread may fix it at the same time; the first one wins
+        found = state.setdefault(REQUEST_ID_KEY, header_request_id(scope.get("headers", ())))
+    return str(found)

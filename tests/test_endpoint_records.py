@@ -5,6 +5,7 @@ even when the route's own class restricts nobody — for every helper: Starlette
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from collections.abc import Callable
@@ -159,20 +160,22 @@ async def test_an_audit_failure_under_on_failure_deny_refuses_what_a_helper_allo
     assert response.status_code == 503 and response.json()["reasons"][0]["code"] == "audit_unavailable"
 
 
+async def enforcing_app(scope: Any, receive: Any, send: Any) -> None:
+    """A raw ASGI app that enforces 4E091 itself, answering ``public`` (which geofence must make private)."""
+    from geofence.integrations import enforce_class
+
+    status = 200 if enforce_class(scope, "4E091").allowed else 451
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"cache-control", b"public, max-age=600")]})  # fmt: skip
+    await send({"type": "http.response.body", "body": b"weights"})
+
+
 async def test_a_raw_asgi_app_enforcing_a_class_gets_its_response_marked_private(
     country_db: Path, tmp_path: Path
 ) -> None:
     """No helper object exists before the first request (Django imports its URLconf on the first request):
     the marking must not depend on when a helper was created."""
-    from geofence.integrations import enforce_class
-
-    async def app(scope: Any, receive: Any, send: Any) -> None:
-        status = 200 if enforce_class(scope, "4E091").allowed else 451
-        await send({"type": "http.response.start", "status": status,
-                    "headers": [(b"cache-control", b"public, max-age=600")]})  # fmt: skip
-        await send({"type": "http.response.body", "body": b"weights"})
-
-    middleware = GeofenceMiddleware(app, config=config(country_db, tmp_path / "audit.jsonl"))
+    middleware = GeofenceMiddleware(enforcing_app, config=config(country_db, tmp_path / "audit.jsonl"))
     response = await get(middleware, "/weights", "8.8.8.8")
     middleware.close()
     assert response.status_code == 200 and response.headers["cache-control"] == "private, max-age=600"
@@ -295,3 +298,129 @@ def test_a_blocked_by_uri_that_cannot_be_a_header_is_a_load_error(country_db: Pa
     policy["response"] = {"blocked_by": "https://例え.jp/export"}  # a Link header is Latin-1: refuse it at load
     with pytest.raises(PolicyError, match=r"response\.blocked_by"):
         parse_policy(policy)
+
+
+async def _raw(middleware: Any, method: str, path: str, peer: str) -> tuple[int, dict[bytes, bytes], bytes]:
+    """One request as a server may pass it (a lower-case method is passed through by uvicorn and hypercorn)."""
+    import asyncio
+
+    sent: list[Any] = []
+    requested = False
+
+    async def receive() -> Any:
+        nonlocal requested
+        if requested:
+            await asyncio.Event().wait()  # the client stays connected
+        requested = True
+        return {"type": "http.request", "body": b""}
+
+    async def send(message: Any) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "method": method, "path": path, "raw_path": path.encode(), "root_path": "",
+             "query_string": b"", "headers": [(b"host", b"testserver")], "client": (peer, 40000)}  # fmt: skip
+    await middleware(scope, receive, send)
+    return sent[0]["status"], dict(sent[0]["headers"]), b"".join(m.get("body", b"") for m in sent[1:])
+
+
+async def test_a_lower_case_get_is_marked_private_too(country_db: Path, tmp_path: Path) -> None:
+    middleware = GeofenceMiddleware(enforcing_app, config=config(country_db, tmp_path / "audit.jsonl"))
+    status, headers, _ = await _raw(middleware, "get", "/weights", "8.8.8.8")
+    middleware.close()
+    assert status == 200 and headers[b"cache-control"].startswith(b"private")
+
+
+@pytest.mark.parametrize("private_cache", [True, False])
+async def test_djangos_cache_never_stores_what_a_decorated_view_answers(
+    private_cache: bool, country_db: Path, tmp_path: Path
+) -> None:
+    """Even when an outer decorator makes the response public again, or ``private_cache = false``."""
+    policy = config(country_db, tmp_path / "audit.jsonl")
+    policy["response"] = {"private_cache": private_cache}
+    middleware = GeofenceMiddleware(django_app(), config=policy)
+    for method in ("GET", "get"):
+        status, _, _ = await _raw(middleware, method, "/public-cached", "8.8.8.8")
+        assert status == 200
+        assert (await _raw(middleware, "GET", "/public-cached", "5.8.1.1"))[0] == 451
+        assert (await _raw(middleware, "GET", "/cached", "8.8.8.8"))[0] == 200
+        assert (await _raw(middleware, "GET", "/cached", "5.8.1.1"))[0] == 451
+    middleware.close()
+
+
+async def test_every_record_of_one_request_carries_one_id(country_db: Path, tmp_path: Path) -> None:
+    audit = tmp_path / "audit.jsonl"
+    policy = config(country_db, audit)
+    policy["audit"]["include"] = "all"  # the route's own allowed decision is recorded too
+    middleware = GeofenceMiddleware(starlette_app(), config=policy)
+    transport = httpx.ASGITransport(app=middleware, client=("8.8.8.8", 40000))
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+        for headers in ({}, {"x-request-id": "bad id\r\n"}):  # none, or one that is not a plain token
+            assert (await client.get("/weights", headers=headers)).status_code == 200
+    middleware.close()
+    found = records(audit)
+    assert [(outcome, cls) for outcome, cls, _ in found] == [("allow", "OPEN"), ("allow", "4E091")] * 2
+    assert found[0][2] == found[1][2] != found[2][2] == found[3][2]
+
+
+async def test_a_helper_called_after_the_response_started_refuses(country_db: Path, tmp_path: Path) -> None:
+    from geofence.integrations import enforce_class
+
+    answers: list[bool] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        answers.append(enforce_class(scope, "4E091").allowed)  # too late to mark the response private
+        await send({"type": "http.response.body", "body": b""})
+
+    middleware = GeofenceMiddleware(app, config=config(country_db, tmp_path / "audit.jsonl"))
+    await _raw(middleware, "GET", "/weights", "8.8.8.8")
+    middleware.close()
+    assert answers == [False]
+
+
+def test_private_marking_reads_quoted_directives_and_drops_cdn_headers() -> None:
+    from geofence.asgi import _make_private, private_cache_control
+
+    assert private_cache_control(['public, max-age=600, no-cache="x, private, y"']) == (
+        'private, max-age=600, no-cache="x, private, y"'
+    )
+    assert private_cache_control(["private, max-age=5"]) is None
+    assert private_cache_control(["public=1, s-maxage = 9, max-age=5"]) == "private, max-age=5"
+    headers = [(b"CDN-Cache-Control", b"max-age=600"), (b"surrogate-control", b"max-age=600"), (b"x", b"1")]
+    assert _make_private(headers) == [(b"x", b"1"), (b"cache-control", b"private")]
+
+
+def test_a_websocket_allowed_by_a_helper_ends_when_its_identity_expires(country_db: Path, tmp_path: Path) -> None:
+    import time
+
+    from starlette.applications import Starlette
+    from starlette.routing import WebSocketRoute
+    from starlette.testclient import TestClient
+    from starlette.websockets import WebSocketDisconnect
+
+    from geofence import Identity, requires_class
+
+    @requires_class("PERSONS")
+    async def chat(websocket: WebSocket) -> None:
+        await websocket.accept()
+        with contextlib.suppress(WebSocketDisconnect):  # geofence ends it: the app is told it disconnected
+            while True:
+                await websocket.send_text(await websocket.receive_text())
+
+    policy = config(country_db, tmp_path / "audit.jsonl")
+    policy["classes"]["PERSONS"] = {"persons": "us_only", "unknown_location": "allow"}
+    expires = time.time() + 1.0
+    middleware = GeofenceMiddleware(
+        Starlette(routes=[WebSocketRoute("/chat", chat)]),
+        config=policy,
+        identity=lambda scope: Identity(us_person=True, expires=expires),
+    )
+    with TestClient(middleware, client=("8.8.8.8", 40000)) as client, client.websocket_connect("/chat") as ws:
+        ws.send_text("a")
+        assert ws.receive_text() == "a"
+        time.sleep(max(0.0, expires - time.time()) + 0.2)
+        with pytest.raises(WebSocketDisconnect) as ended:
+            ws.send_text("b")
+            ws.receive_text()
+        assert ended.value.code == 1008
+    middleware.close()

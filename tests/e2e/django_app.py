@@ -28,7 +28,7 @@ if not settings.configured:
 
 from django.http import HttpRequest, HttpResponse, JsonResponse  # noqa: E402
 from django.urls import include, path  # noqa: E402
-from django.views.decorators.cache import cache_page  # noqa: E402
+from django.views.decorators.cache import cache_control, cache_page  # noqa: E402
 
 
 def _class(request: HttpRequest) -> Any:
@@ -68,8 +68,16 @@ def cached(request: HttpRequest) -> HttpResponse:
     return response
 
 
+@cache_page(600)
+@cache_control(public=True)  # outside the requirement: it turns a private response public again
+@require_class("4E091")
+def public_cached(request: HttpRequest) -> HttpResponse:
+    return JsonResponse({"view": "public-cached", "class": _class(request)})
+
+
 views = [
     path("cached", cached),
+    path("public-cached", public_cached),
     path("weights-sync", weights_sync),
     path("weights-async", weights_async),
     path("person", person),
