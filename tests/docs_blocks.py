@@ -6,7 +6,8 @@ A block is checked by its language unless the line right above its fence says ot
 * ``console`` — every ``$ command`` runs (in a scratch folder, with this venv's ``geofence`` on ``PATH``) and
   its output must match the lines under it. ``...`` in a line matches any text, a line of only ``...`` any
   number of lines; policy versions and a database's age match loosely. The exit status must be 0, or the
-  ``# exit N`` that the command's comment states. A command with no lines under it is checked by its status.
+  ``# exit N`` that the command's comment states; statuses and reason codes after it (``# exit 1: 451
+  not_us_person``) must appear in the output. A command with no lines under it is checked by those alone.
 * ``python`` — runs as a script in a scratch folder holding ``geofence.toml`` (the bundled example policy);
   with ``requests=GET /path from IP -> STATUS, ...`` each request is then sent to the ``app`` it built (in
   process, real ASGI, from that client address) and must get that status.
@@ -14,14 +15,21 @@ A block is checked by its language unless the line right above its fence says ot
 * ``json`` — must parse.
 * ``bash``, ``ini``, ``text`` — must carry a marker.
 
-Directives: ``fragment`` (only the syntax is checked; ``{...}`` and ``[...]`` stand for elided JSON),
-``continues`` (a python block that runs after the python block before it), ``policy`` (a whole policy file,
-not a fragment), ``argv`` (every ``geofence`` command in the block must parse with the CLI's own parser; the
-other commands are not run), ``demo`` (every ``curl`` runs against a real ``geofence demo`` server and must get
-the status, and the reason codes, that its ``# comment`` states), ``setup=NAME`` (files a console block's
-commands need, made by the test), ``output=NAME`` (a json or text block showing what geofence writes: the
-test makes geofence write it and compares — text as console output is compared, JSON key by key, with values
-that depend on the moment or the machine loosened), ``skip: WHY`` (not run; the reason is required).
+Directives:
+
+* ``fragment`` — only the syntax is checked; ``{...}`` and ``[...]`` stand for elided JSON.
+* ``continues`` — a python block that runs after the python block before it.
+* ``requests=GET /path from IP -> STATUS, ...`` — see ``python`` above.
+* ``policy`` — a whole policy file, not a fragment.
+* ``argv`` — every ``geofence`` command in the block must parse with the CLI's own parser; the other commands
+  are not run, and output shown under a command is not compared: the marker says so.
+* ``demo`` — every ``curl`` runs against a real ``geofence demo`` server and must get the status, and the
+  whole reason codes, that its ``# comment`` states.
+* ``setup=NAME`` — files a console block's commands need, made by the test.
+* ``output=NAME`` — a json or text block showing what geofence writes: the test makes geofence write it and
+  compares (text as console output is compared; JSON key by key and item by item, with values that depend on
+  the moment or the machine loosened).
+* ``skip: WHY`` — not run; the reason is required.
 """
 
 from __future__ import annotations
@@ -112,9 +120,16 @@ class ConsoleCommand:
     command: str
     expected: list[str]  # the lines shown under the command
     status: int
+    claims: list[str]  # statuses and reason codes the comment says the output shows: "# exit 1: 451 not_us_person"
 
 
-_EXIT = re.compile(r"#\s*exit (\d+)")
+_EXIT = re.compile(r"#\s*exit (\d+)(.*)")
+_CLAIM = re.compile(r"\b\d{3}\b|\b[a-z0-9]+(?:_[a-z0-9]+)+\b")  # an HTTP status, a reason code
+
+
+def shows(text: str, word: str) -> bool:
+    """*word* appears in *text* as a whole word (``us_person`` is not in ``not_us_person``)."""
+    return re.search(rf"(?<!\w){re.escape(word)}(?!\w)", text) is not None
 
 
 def console_commands(text: str) -> list[ConsoleCommand]:
@@ -132,7 +147,8 @@ def console_commands(text: str) -> list[ConsoleCommand]:
         while expected and not expected[-1].strip():
             expected.pop()
         status = _EXIT.search(command)
-        result.append(ConsoleCommand(command, expected, int(status.group(1)) if status else 0))
+        claims = _CLAIM.findall(status.group(2)) if status else []
+        result.append(ConsoleCommand(command, expected, int(status.group(1)) if status else 0, claims))
     return result
 
 

@@ -29,6 +29,7 @@ from .docs_blocks import (
     console_commands,
     logical_lines,
     output_matches,
+    shows,
 )
 
 BLOCKS = all_blocks()
@@ -173,6 +174,8 @@ def test_console_example(block: Block, scratch: Path) -> None:
         )  # fmt: skip
         where = f"{block.id}: $ {command.command}"
         assert done.returncode == command.status, f"{where}\nexit {done.returncode}\n{done.stdout}"
+        missing = [claim for claim in command.claims if not shows(done.stdout, claim)]
+        assert not missing, f"{where}\nthe comment says {missing}, the output does not:\n{done.stdout}"
         if command.expected:
             shown = "\n".join(command.expected)
             assert output_matches(command.expected, done.stdout), (
@@ -345,8 +348,12 @@ def _same(shown: Any, actual: Any, where: str = "", values: bool = True) -> list
             if key not in VOLATILE:
                 problems += _same(shown[key], actual[key], f"{where}.{key}", values)
         return problems
-    if isinstance(shown, list) and isinstance(actual, list) and shown and actual and isinstance(shown[0], dict):
-        return _same(shown[0], actual[0], f"{where}[0]", values)
+    if isinstance(shown, list) and isinstance(actual, list):
+        if len(shown) != len(actual) and (values or not shown or not actual):
+            return [f"{where}: {len(shown)} items shown, {len(actual)} given"]
+        return [
+            p for i, (s, a) in enumerate(zip(shown, actual, strict=False)) for p in _same(s, a, f"{where}[{i}]", values)
+        ]
     if not values and (shown is None) == (actual is None):
         return []
     if shown == actual or (isinstance(shown, str) and "..." in shown):
@@ -449,6 +456,6 @@ def test_demo_requests(block: Block, demo_server: tuple[int, dict[str, str]]) ->
         body, _, got = done.stdout.rpartition("\n")
         assert got == status, f"{block.id}: {line}\ngot {got}: {body}"
         for word in words:
-            assert word in body, f"{block.id}: {line}\n{word!r} not in {body}"
+            assert shows(body, word), f"{block.id}: {line}\n{word!r} not in {body}"
         checked += 1
     assert checked, f"{block.id}: marked demo, but has no curl command"
