@@ -15,7 +15,7 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import MutableMapping
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Final, Literal, Self
 
@@ -23,7 +23,7 @@ from .audit_file import AuditFile
 from .audit_records import GENESIS, decision_facts, seal
 from .decision import Decision
 from .errors import GeofenceError
-from .request import request_id as request_id_of
+from .request import header_request_id
 
 __all__ = ["AuditWriter", "Include", "OnFailure"]
 
@@ -37,7 +37,7 @@ _STOP: Final = object()
 _POLL_SECONDS: Final = 0.02  # how long records may wait for the writer when it was idle
 _LOG_EVERY: Final = 10.0  # seconds between repeated drop/error warnings: counted always, logged not too often
 
-_Item = tuple[float, str, Decision, "str | MutableMapping[str, Any]", str | None]
+_Item = tuple[float, str, Decision, "str | Sequence[tuple[bytes, bytes]]", str | None]
 _now = time.time  # the record's time source: a module attribute so tests can move the clock across midnight
 
 
@@ -129,14 +129,13 @@ class AuditWriter:
         self,
         outcome: str,
         decision: Decision,
-        request_id: str | MutableMapping[str, Any],
+        request_id: str | Sequence[tuple[bytes, bytes]],
         client_ip: str | None,
     ) -> bool:
         """Enqueue one decision; never blocks and never raises. A full queue is counted and logged.
 
-        *request_id* may be the request's ASGI scope instead: the writer thread then takes its id
-        (``X-Request-ID``, or one it makes and keeps in the scope for every later record of the request), so an
-        allowed request pays only for the enqueue."""
+        *request_id* may be the request's ASGI headers instead: the writer thread then takes ``X-Request-ID``
+        from them or makes an id, so an allowed request pays only for the enqueue."""
         if not self._closed and len(self._queue) < self._capacity:
             self._queue.append((_now(), outcome, decision, request_id, client_ip if self.full_ip else None))
             return True
@@ -236,7 +235,7 @@ class AuditWriter:
                 continue
             when, outcome, decision, given_id, client_ip = item  # type: ignore[misc]
             try:
-                request_id = given_id if isinstance(given_id, str) else request_id_of(given_id)
+                request_id = given_id if isinstance(given_id, str) else header_request_id(given_id)
                 record = decision_facts(when, outcome, decision, request_id, client_ip)
                 self._write(when, record)
             except Exception as exc:

@@ -93,8 +93,11 @@ class DecisionRecorder:
         request path of every served request on a controlled class. False when the record could not be queued."""
         if sinks.audit is None:  # the caller checked [audit] include (State.audited)
             return True
-        # the writer thread works out the request's id (request_id(scope)), off the request path
-        return sinks.audit.submit("allow", decision, scope, client)
+        # The request's id when it has one already (a per-endpoint helper fixed it), else the headers: the
+        # writer thread works the id out, off the request path. (Handing the writer the scope or its state
+        # instead, so that it could fix the id for later records too, measured ~0.4 µs slower a request.)
+        given = scope["state"].get(REQUEST_ID_KEY)
+        return sinks.audit.submit("allow", decision, given if given is not None else scope["headers"], client)
 
     def record(
         self, outcome: str, decision: Decision, scope: MutableMapping[str, Any], sinks: Sinks, client: str | None

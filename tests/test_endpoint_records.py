@@ -348,18 +348,40 @@ async def test_djangos_cache_never_stores_what_a_decorated_view_answers(
 
 
 async def test_every_record_of_one_request_carries_one_id(country_db: Path, tmp_path: Path) -> None:
+    """Records by helpers share the id the denial page and log line show; the route's own record shares it
+    when the proxy sends X-Request-ID (without one, the writer thread makes the route's own id later, which
+    keeps the id off the request path: README "Per-endpoint requirements")."""
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+
+    from geofence import requires_class
+
+    @requires_class("4E091")
+    @requires_class("ALLIES")
+    async def weights(request: Request) -> PlainTextResponse:
+        return PlainTextResponse("weights")
+
     audit = tmp_path / "audit.jsonl"
     policy = config(country_db, audit)
+    policy["classes"]["ALLIES"] = {"deny_destinations": ["CU"], "unknown_location": "allow"}
     policy["audit"]["include"] = "all"  # the route's own allowed decision is recorded too
-    middleware = GeofenceMiddleware(starlette_app(), config=policy)
+    middleware = GeofenceMiddleware(Starlette(routes=[Route("/weights", weights)]), config=policy)
     transport = httpx.ASGITransport(app=middleware, client=("8.8.8.8", 40000))
     async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
-        for headers in ({}, {"x-request-id": "bad id\r\n"}):  # none, or one that is not a plain token
+        for headers in ({}, {"x-request-id": "bad id\r\n"}, {"x-request-id": "req-7"}):
             assert (await client.get("/weights", headers=headers)).status_code == 200
     middleware.close()
     found = records(audit)
-    assert [(outcome, cls) for outcome, cls, _ in found] == [("allow", "OPEN"), ("allow", "4E091")] * 2
-    assert found[0][2] == found[1][2] != found[2][2] == found[3][2]
+    assert [(outcome, cls) for outcome, cls, _ in found] == [
+        ("allow", "OPEN"),
+        ("allow", "4E091"),
+        ("allow", "ALLIES"),
+    ] * 3
+    ids = [rid for _, _, rid in found]
+    assert ids[1] == ids[2] and ids[4] == ids[5] and ids[1] != ids[4]  # the helpers' records: one id per request
+    assert ids[6:] == ["req-7"] * 3
 
 
 async def test_a_helper_called_after_the_response_started_refuses(country_db: Path, tmp_path: Path) -> None:
