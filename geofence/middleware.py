@@ -231,7 +231,8 @@ class GeofenceMiddleware:
         private: bool | None = False,
     ) -> None:
         """Everything but the warm path: a stale database, the audit trail, report mode, denials."""
-        decision = self._checked(state, decision)
+        if state.stale_at is not None or state.audit is not None:
+            decision = self._checked(state, decision)
         scope_state = _publish(scope, decision, state.policy, self, where)
         client = where.client if where is not None else None
         decision = scope_state[STATE_KEY] = self.recorder.decided(decision, scope, state, client)
