@@ -8,7 +8,6 @@ request. The compiled :class:`Policy` is immutable; its ``version`` is a hash of
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import json
 import re
@@ -29,8 +28,9 @@ from .policy_checks import Checker, Problem, keys_of
 from .policy_classes import MODES, ClassPolicy, PersonRule, compile_class
 from .policy_identity import TOKEN_KEYS, token_config
 from .policy_response import ResponseSettings, response_settings
+from .policy_routes import known_class, route_rule
 from .resources import data_path
-from .routes import DEFAULT_MAX_BODY, RouteRule, RouteTable
+from .routes import RouteTable
 from .token_config import TokenConfig
 
 __all__ = [
@@ -133,18 +133,6 @@ _TOP: Final = (
     "audit",
     "cache",
 )
-_ROUTE_KEYS: Final = (
-    "path",
-    "method",
-    "host",
-    "class",
-    "json_field",
-    "query_param",
-    "header",
-    "equals",
-    "matches",
-    "max_body_bytes",
-)
 _CLAIM_KEYS: Final = (
     "us_person_claim",
     "nationalities_claim",
@@ -152,7 +140,6 @@ _CLAIM_KEYS: Final = (
     "permanent_residence_claim",
     "most_recent_country_claim",
 )
-_METHODS: Final = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "CONNECT", "TRACE", "WEBSOCKET")
 
 
 def load_policy(path: str | Path | None = None) -> Policy:
@@ -239,7 +226,7 @@ def parse_policy(data: Mapping[str, Any], *, source: str = "<policy>", base_dir:
         check.error("classes", "define at least one export class")
 
     default_class = check.string(defaults.get("class"), "defaults.class") or "EAR99"
-    _known_class(default_class, "defaults.class", classes, check)
+    known_class(default_class, "defaults.class", classes, check)
 
     rules = []
     routes_raw = top.get("routes") or []
@@ -247,7 +234,7 @@ def parse_policy(data: Mapping[str, Any], *, source: str = "<policy>", base_dir:
         check.error("routes", "must be an array of tables ([[routes]])")
         routes_raw = []
     for i, raw in enumerate(routes_raw):
-        rule = _route(i, raw, classes, check)
+        rule = route_rule(i, raw, classes, check)
         if rule is not None:
             rules.append(rule)
 
@@ -312,57 +299,6 @@ def _reference(file: str | None, base_dir: Path | None, check: Checker) -> Refer
     except (OSError, tomllib.TOMLDecodeError, KeyError, TypeError) as exc:
         check.error("reference.file", f"cannot read {path}: {exc}")
         return load_reference()
-
-
-def _known_class(name: str, path: str, classes: Mapping[str, ClassPolicy], check: Checker) -> None:
-    if classes and name not in classes:
-        close = difflib.get_close_matches(name, list(classes), n=1, cutoff=0.5)
-        hint = f"; did you mean {close[0]!r}?" if close else f" (defined: {', '.join(classes)})"
-        check.error(path, f"unknown class {name!r}{hint}")
-
-
-def _route(i: int, raw: Any, classes: Mapping[str, ClassPolicy], check: Checker) -> RouteRule | None:
-    path = f"routes[{i}]"
-    table = check.table(raw, path, _ROUTE_KEYS)
-    if not isinstance(raw, dict):
-        return None
-    glob = check.string(table.get("path"), f"{path}.path")
-    if glob is None:
-        check.error(f"{path}.path", "required")
-    elif not glob.startswith("/"):
-        check.error(f"{path}.path", f"{glob!r} must start with '/'")
-    export_class = check.string(table.get("class"), f"{path}.class")
-    if export_class is None:
-        check.error(f"{path}.class", "required")
-    else:
-        _known_class(export_class, f"{path}.class", classes, check)
-    methods = tuple(m.upper() for m in check.strings(table.get("method"), f"{path}.method"))
-    if "GET" in methods:  # frameworks answer HEAD with the GET handler, and a WebSocket handshake is a GET
-        methods += tuple(m for m in ("HEAD", "WEBSOCKET") if m not in methods)
-    for m in methods:
-        if m not in _METHODS:
-            check.error(f"{path}.method", f"{m!r} is not an HTTP method (or WEBSOCKET)")
-    host = check.string(table.get("host"), f"{path}.host")
-    json_field = check.string(table.get("json_field"), f"{path}.json_field")
-    max_body = check.integer(table.get("max_body_bytes"), f"{path}.max_body_bytes")
-    if max_body is not None and json_field is None:
-        check.error(f"{path}.max_body_bytes", "applies to json_field rules only")
-    rule = RouteRule(
-        path=glob or "/",
-        export_class=export_class or "",
-        methods=methods,
-        host=host.lower().rstrip(".") if host is not None else None,  # as requests' hosts are compared
-        json_field=json_field,
-        query_param=check.string(table.get("query_param"), f"{path}.query_param"),
-        header=check.string(table.get("header"), f"{path}.header"),
-        equals=tuple(check.strings(table.get("equals"), f"{path}.equals")),
-        matches=tuple(check.strings(table.get("matches"), f"{path}.matches")),
-        max_body_bytes=max_body or DEFAULT_MAX_BODY,
-        index=i,
-    )
-    for key, message in rule.problems():
-        check.error(f"{path}.{key}" if key else path, message)
-    return rule if glob is not None and export_class is not None else None
 
 
 def _with_version(policy: Policy) -> Policy:
