@@ -103,7 +103,7 @@ def _send_private(send: Send, message: Message) -> Awaitable[None]:
     if message["type"] == "http.response.start":
         headers = message.get("headers") or ()
         for name, _ in headers:
-            if len(name) == 13 and name.lower() == b"cache-control":
+            if len(name) in _CACHE_HEADER_LENGTHS and name.lower() in _CACHE_HEADERS:
                 message["headers"] = _make_private(headers)
                 break
         else:
@@ -145,9 +145,16 @@ def _make_private(headers: Any) -> list[tuple[bytes, bytes]]:
     return [*(h for h in kept if bytes(h[0]).lower() != b"cache-control"), (b"cache-control", value.encode("latin-1"))]
 
 
-CDN_CACHE_HEADERS: Final = frozenset({b"cdn-cache-control", b"cloudflare-cdn-cache-control", b"surrogate-control"})
-"""Headers a CDN obeys instead of ``Cache-Control`` (RFC 9213 and vendors'): dropped from a private response."""
-_DIRECTIVE: Final = re.compile(r'(?:[^,"]|"(?:[^"\\]|\\.)*")+')  # a directive; a quoted value may hold commas
+CDN_CACHE_HEADERS: Final = frozenset(
+    {b"cdn-cache-control", b"cloudflare-cdn-cache-control", b"surrogate-control", b"x-accel-expires", b"edge-control"}
+)
+"""Headers a CDN or proxy cache obeys over ``Cache-Control`` (RFC 9213, Cloudflare, Fastly/Varnish, nginx,
+Akamai): dropped from a private response."""
+_CACHE_HEADERS: Final = CDN_CACHE_HEADERS | {b"cache-control"}
+_CACHE_HEADER_LENGTHS: Final = frozenset(len(name) for name in _CACHE_HEADERS)
+# One directive; a quoted value may hold commas. Possessive, and an unclosed quote runs to the end: linear time
+# on any header value an app passes through.
+_DIRECTIVE: Final = re.compile(r'(?:[^,"]|"(?:[^"\\]|\\.)*+(?:"|\\?\Z))+')
 
 
 def private_cache_control(given: list[str]) -> str | None:
@@ -220,7 +227,10 @@ def expiring_websocket(receive: Receive, send: Send, deadline: Deadline) -> tupl
 
     async def guarded_receive() -> Message:
         if deadline.at is None and not closed:
-            return await receive()
+            message = await receive()
+            if deadline.at is None or time.time() < deadline.at:
+                return message
+            return await close()  # a helper bound the session to an identity that expired meanwhile
         remaining = (deadline.at or 0.0) - time.time()
         if closed or remaining <= 0:
             return await close()

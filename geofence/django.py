@@ -15,6 +15,7 @@ from typing import Any, TypeVar, cast
 
 from asgiref.sync import iscoroutinefunction
 from django.http import HttpResponse  # type: ignore[import-untyped]  # Django ships no types (django-stubs does)
+from django.middleware.cache import FetchFromCacheMiddleware, UpdateCacheMiddleware  # type: ignore[import-untyped]
 
 from .asgi import private_cache_control
 from .integrations import denial_parts, enforce_class
@@ -35,6 +36,12 @@ def require_class(export_class: str) -> Callable[[V], V]:
     outside Django."""
 
     def decorate(view: V) -> V:
+        if _cached(view):
+            raise TypeError(
+                f"geofence.django.require_class({export_class!r}) wraps a cached view ({view.__name__}): Django's "
+                "cache would serve what it stored to callers the class refuses; put cache_page outside it, or "
+                "remove it"
+            )
         if iscoroutinefunction(view):
 
             @functools.wraps(view)
@@ -54,6 +61,31 @@ def require_class(export_class: str) -> Callable[[V], V]:
         return cast(V, sync_view)
 
     return decorate
+
+
+def _cached(view: Any) -> bool:
+    """Whether Django's cache middleware wraps *view* (``cache_page`` and ``decorator_from_middleware``
+    keep the middleware in the closures of the functions they return)."""
+    seen: set[int] = set()
+    pending = [view]
+    while pending:
+        fn = pending.pop()
+        if id(fn) in seen or len(seen) > 200:
+            continue
+        seen.add(id(fn))
+        for cell in getattr(fn, "__closure__", None) or ():
+            try:
+                value = cell.cell_contents
+            except ValueError:  # an empty cell
+                continue
+            if isinstance(value, UpdateCacheMiddleware | FetchFromCacheMiddleware):
+                return True
+            if callable(value):
+                pending.append(value)
+        wrapped = getattr(fn, "__wrapped__", None)
+        if wrapped is not None:
+            pending.append(wrapped)
+    return False
 
 
 def _decide(request: Any, export_class: str) -> tuple[Any, bool]:

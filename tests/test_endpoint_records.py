@@ -446,3 +446,72 @@ def test_a_websocket_allowed_by_a_helper_ends_when_its_identity_expires(country_
             ws.receive_text()
         assert ended.value.code == 1008
     middleware.close()
+
+
+@pytest.mark.parametrize(
+    "header", [b"cdn-cache-control", b"Surrogate-Control", b"cloudflare-cdn-cache-control", b"x-accel-expires"]
+)
+def test_a_cdn_cache_header_alone_is_dropped_and_the_response_made_private(header: bytes) -> None:
+    import asyncio
+
+    from geofence.asgi import private_responses
+
+    sent: list[Any] = []
+
+    async def send(message: Any) -> None:
+        sent.append(message)
+
+    start = {"type": "http.response.start", "status": 200, "headers": [(header, b"max-age=86400"), (b"x", b"1")]}
+    asyncio.run(private_responses(send)(start))
+    assert sent[0]["headers"] == [(b"x", b"1"), (b"cache-control", b"private")]
+
+
+def test_a_hostile_cache_control_value_is_parsed_in_linear_time() -> None:
+    import time
+
+    from geofence.asgi import private_cache_control
+
+    hostile = ['"' + '\\"' * 16_000, '"a' * 24_000, 'public, no-cache="x, private']
+    started = time.perf_counter()
+    results = [private_cache_control([value]) for value in hostile]
+    assert time.perf_counter() - started < 0.5  # quadratic parsing took seconds (an event-loop stall)
+    assert results[2] == 'private, no-cache="x, private'  # an unclosed quote runs to the end: one directive
+
+
+def test_require_class_refuses_to_wrap_a_cached_django_view() -> None:
+    pytest.importorskip("django")
+    from django.views.decorators.cache import cache_page
+
+    from geofence.django import require_class
+
+    from . import e2e  # noqa: F401  (configures Django's settings)
+    from .e2e import django_app  # noqa: F401
+
+    def weights(request: Any) -> Any:
+        return None
+
+    with pytest.raises(TypeError, match="wraps a cached view"):
+        require_class("4E091")(cache_page(60)(weights))
+    assert require_class("4E091")(weights).__wrapped__ is weights  # type: ignore[attr-defined]
+
+
+def test_a_websocket_bound_to_an_identity_later_closes_at_the_next_message_after_expiry() -> None:
+    import asyncio
+    import time
+
+    from geofence.asgi import Deadline, expiring_websocket
+
+    sent: list[Any] = []
+    deadline = Deadline()
+
+    async def receive() -> Any:
+        deadline.shorten(time.time() - 1)  # a helper bound the session while this receive was waiting
+        return {"type": "websocket.receive", "text": "late"}
+
+    async def send(message: Any) -> None:
+        sent.append(message)
+
+    guarded_receive, _ = expiring_websocket(receive, send, deadline)
+    message = asyncio.run(guarded_receive())
+    assert message == {"type": "websocket.disconnect", "code": 1008}
+    assert sent == [{"type": "websocket.close", "code": 1008, "reason": "identity expired"}]
