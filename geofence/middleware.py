@@ -301,10 +301,10 @@ class GeofenceMiddleware:
         if decision.export_class in enforced:
             return enforced[decision.export_class]  # several guards on one route: one record
         request_id(scope)  # fixes the request's id, so every record of it carries the same one
+        if decision.allowed:  # before recording: what cannot be guarded is refused, and recorded so
+            decision = _guard(state, scope, scope_state, decision, current)
         where = scope_state.get(CLIENT_KEY)
         decision = self.recorder.decided(decision, scope, state, where.client if where is not None else None)
-        if decision.allowed:
-            decision = _guard(state, scope, scope_state, decision, current)
         enforced[decision.export_class] = decision
         return decision
 

@@ -515,3 +515,20 @@ def test_a_websocket_bound_to_an_identity_later_closes_at_the_next_message_after
     message = asyncio.run(guarded_receive())
     assert message == {"type": "websocket.disconnect", "code": 1008}
     assert sent == [{"type": "websocket.close", "code": 1008, "reason": "identity expired"}]
+
+
+async def test_a_helper_refused_after_the_response_started_is_recorded_as_refused(
+    country_db: Path, tmp_path: Path
+) -> None:
+    from geofence.integrations import enforce_class
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        enforce_class(scope, "4E091")
+        await send({"type": "http.response.body", "body": b""})
+
+    audit = tmp_path / "audit.jsonl"
+    middleware = GeofenceMiddleware(app, config=config(country_db, audit))
+    await _raw(middleware, "GET", "/weights", "8.8.8.8")
+    middleware.close()
+    assert [(outcome, cls) for outcome, cls, _ in records(audit)] == [("deny", "4E091")]
