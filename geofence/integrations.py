@@ -2,8 +2,8 @@
 
 The middleware decides each request by its route rules. These helpers let one endpoint demand a class in
 code as well — re-deciding with the facts the middleware already gathered (no second lookup), so a route the
-policy file forgot is still protected where the code says so. :func:`check_class` and :func:`denial_parts`
-are framework-neutral: ``geofence.litestar`` and ``geofence.django`` build on them.
+policy file forgot is still protected where the code says so. :func:`check_class`, :func:`enforce_class`
+and :func:`denial_parts` are framework-neutral: ``geofence.litestar`` and ``geofence.django`` build on them.
 """
 
 from __future__ import annotations

@@ -22,11 +22,10 @@ from litestar.exceptions import WebSocketException
 from litestar.handlers.base import BaseRouteHandler
 from litestar.types import ExceptionHandlersMap, Guard
 
+from .asgi import POLICY_VIOLATION
 from .integrations import GeofenceDenied, denial_parts, enforce_class
 
 __all__ = ["GeofenceDenied", "exception_handlers", "handle_denied", "require_class"]
-
-_POLICY_VIOLATION: Final = 1008  # RFC 6455 close code, as the middleware closes a denied handshake
 
 
 def require_class(export_class: str) -> Guard:
@@ -44,7 +43,7 @@ def require_class(export_class: str) -> Guard:
         if decision.allowed:
             return
         if websocket:
-            raise WebSocketException(detail="policy violation", code=_POLICY_VIOLATION)
+            raise WebSocketException(detail="policy violation", code=POLICY_VIOLATION)
         raise GeofenceDenied(decision)
 
     return guard
