@@ -17,3 +17,11 @@ class InvalidAddressError(GeofenceError, ValueError):
 
 class DatabaseError(GeofenceError):
     """A GeoIP database is missing, unreadable, corrupt or of a schema geofence cannot use."""
+
+
+class UpdateError(GeofenceError):
+    """One edition could not be updated; the message is one line."""
+
+
+class LockBusyError(GeofenceError):
+    """Another updater (geofence or geoipupdate) holds the lock."""
