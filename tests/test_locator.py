@@ -511,7 +511,7 @@ def test_geoip2_records_are_adapted_once_per_answer_and_bad_ones_still_refused(c
 )
 def test_the_memo_never_confuses_a_number_with_a_flag(city_db: Path, first: dict, second: dict) -> None:
     """Only a bool is a flag: whichever record comes first, each gets what adapting it afresh gives."""
-    from geofence.databases import _geoip2_facts
+    from geofence.records import geoip2_facts
 
     for order in ((first, second), (second, first)):
         with Locator([city_db]) as locator:
@@ -519,7 +519,7 @@ def test_the_memo_never_confuses_a_number_with_a_flag(city_db: Path, first: dict
             for traits in order:
                 record = {"country": {"iso_code": "GB"}, "traits": traits}
                 try:
-                    expected: object = _geoip2_facts(record, "x")
+                    expected: object = geoip2_facts(record, "x")
                 except DatabaseError:
                     expected = DatabaseError
                 try:
