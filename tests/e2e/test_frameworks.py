@@ -1,5 +1,6 @@
 """End to end: the Litestar guard and the Django view decorator (``geofence.litestar`` / ``geofence.django``)
-under real servers on 127.0.0.1 (uvicorn and hypercorn), behind a real GeofenceMiddleware.
+under real servers on 127.0.0.1 (uvicorn and hypercorn in a thread, granian in a subprocess), behind a real
+GeofenceMiddleware.
 
 The routes the guard and the decorator protect are *not* tagged by the policy: only the code demands their class.
 Each denial is compared, header by header and byte by byte, with the middleware's own denial of a route the
@@ -9,7 +10,10 @@ policy does tag with the same class (``/tagged``), from the same client.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+import contextlib
+import json
+import os
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,10 +22,32 @@ import pytest
 from geofence.demo import DEMO_AUDIENCE, DEMO_ISSUER, mint_token
 from geofence.middleware import GeofenceMiddleware
 
-from .test_servers import VARIANT_HEADER, Reply, Switch, http_request, serve
+from .test_servers import SPEC_ENV, VARIANT_HEADER, Reply, Switch, http_request, serve, serve_granian
 
 US, RUSSIA = "8.8.8.8", "5.8.1.1"  # in the country_db fixture
-SERVERS = ["uvicorn", "hypercorn"]
+SERVERS = ["uvicorn", "hypercorn", "granian"]
+
+
+@contextlib.contextmanager
+def serve_framework(server: str, framework: str, config: dict[str, Any], **options: Any) -> Iterator[int]:
+    """Serve the *framework*'s test apps under *config*: uvicorn and hypercorn in this process, granian in its
+    own (which imports the apps by name: :func:`granian_app`)."""
+    if server == "granian":
+        spec = {"framework": framework, "config": config}
+        with serve_granian(spec, factory="tests.e2e.test_frameworks:granian_app") as port:
+            yield port
+        return
+    build: Callable[[dict[str, Any]], Switch] = litestar_apps if framework == "litestar" else django_apps
+    with serve(server, build(config), **options) as port:
+        yield port
+
+
+def granian_app() -> Switch:
+    """granian ``--factory`` target: the apps ``$GEOFENCE_E2E_SPEC`` names."""
+    spec = json.loads(os.environ[SPEC_ENV])
+    return litestar_apps(spec["config"]) if spec["framework"] == "litestar" else django_apps(spec["config"])
+
+
 SERVER_ONLY = ("date", "server", "connection", "transfer-encoding")
 
 
@@ -121,7 +147,7 @@ def check_identity_and_unknown(port: int, token: str, prefix: str = "", variant:
 # --- Litestar -----------------------------------------------------------------------------------------------
 
 
-def litestar_apps(config: dict[str, Any], reached: list[str]) -> Switch:
+def litestar_apps(config: dict[str, Any], reached: list[str] | None = None) -> Switch:
     """Variants: ``main`` (geofence wraps the app; guards on handlers, a router and a WebSocket), ``inner``
     (the same app, geofence as Litestar middleware) and ``app-guard`` (one guard for the whole app)."""
     pytest.importorskip("litestar")
@@ -130,17 +156,19 @@ def litestar_apps(config: dict[str, Any], reached: list[str]) -> Switch:
 
     from geofence.litestar import exception_handlers, require_class
 
+    seen = reached if reached is not None else []
+
     def endpoint(name: str, *guards: Any) -> Any:
         @get(f"/{name}", guards=list(guards), sync_to_thread=False, name=name)
         def handler(request: Request[Any, Any, Any]) -> dict[str, Any]:
-            reached.append(name)
+            seen.append(name)
             return {"endpoint": name, "class": request.scope["state"]["geofence"].export_class}  # type: ignore[typeddict-item]
 
         return handler
 
     @websocket("/ws", guards=[require_class("4E091")])
     async def ws(socket: WebSocket[Any, Any, Any]) -> None:
-        reached.append("ws")
+        seen.append("ws")
         await socket.accept()
         await socket.send_text("echo " + await socket.receive_text())
         await socket.close()
@@ -171,9 +199,15 @@ def litestar_apps(config: dict[str, Any], reached: list[str]) -> Switch:
 
 
 @pytest.fixture(params=SERVERS)
-def litestar_server(request: Any, country_db: Path, tokens: dict[str, Any]) -> Iterator[tuple[int, list[str]]]:
+def litestar_server(request: Any, country_db: Path, tokens: dict[str, Any]) -> Iterator[tuple[int, list[str] | None]]:
+    """The port, and the handlers reached (None under granian: they run in its own process)."""
+    config = policy(country_db, tokens["public_key"])
+    if request.param == "granian":
+        with serve_framework("granian", "litestar", config) as port:
+            yield port, None
+        return
     reached: list[str] = []
-    with serve(request.param, litestar_apps(policy(country_db, tokens["public_key"]), reached)) as port:
+    with serve(request.param, litestar_apps(config, reached)) as port:
         yield port, reached
 
 
@@ -182,10 +216,11 @@ def test_litestar_guard_denies_exactly_like_the_middleware(litestar_server: Any,
     port, reached = litestar_server
     check_denials(port, ["/weights", "/team/weights"], variant=variant)
     assert get(port, "/weights", US, variant=variant).json() == {"endpoint": "weights", "class": "OPEN"}
-    reached.clear()
+    if reached is not None:
+        reached.clear()
     get(port, "/weights", RUSSIA, variant=variant)
     get(port, "/team/weights", RUSSIA, variant=variant)
-    assert reached == []  # a denied request never reaches the handler
+    assert not reached  # a denied request never reaches the handler
 
 
 def test_litestar_guard_on_the_whole_app(litestar_server: Any) -> None:
@@ -197,7 +232,7 @@ def test_litestar_guard_on_the_whole_app(litestar_server: Any) -> None:
 def test_litestar_guard_identity_and_unknown_class(litestar_server: Any, tokens: dict[str, Any], variant: str) -> None:
     port, reached = litestar_server
     check_identity_and_unknown(port, tokens["us"], variant=variant)
-    assert "unknown" not in reached
+    assert "unknown" not in (reached or [])
 
 
 def test_litestar_guard_refuses_a_websocket_before_accepting(litestar_server: Any) -> None:
@@ -211,12 +246,13 @@ def test_litestar_guard_refuses_a_websocket_before_accepting(litestar_server: An
         async with websockets.connect(url, additional_headers={"X-Forwarded-For": US}) as ws:
             await ws.send("hi")
             assert await ws.recv() == "echo hi"
-        reached.clear()
+        if reached is not None:
+            reached.clear()
         with pytest.raises(InvalidStatus) as refused:
             async with websockets.connect(url, additional_headers={"X-Forwarded-For": RUSSIA}):
                 pass
         assert refused.value.response.status_code == 403  # closed (1008) before accept: the server answers 403
-        assert reached == []
+        assert not reached
 
     asyncio.run(run())
 
@@ -241,7 +277,7 @@ def django_apps(config: dict[str, Any]) -> Switch:
 def test_django_decorator_denies_exactly_like_the_middleware(
     server: str, country_db: Path, tokens: dict[str, Any]
 ) -> None:
-    with serve(server, django_apps(policy(country_db, tokens["public_key"]))) as port:
+    with serve_framework(server, "django", policy(country_db, tokens["public_key"])) as port:
         check_denials(port, ["/weights-sync", "/weights-async"])
         check_denials(port, ["/shop/weights-sync", "/shop/weights-async"], tagged="/shop/tagged")
         assert get(port, "/weights-sync", US).json() == {"view": "sync", "class": "OPEN"}
@@ -252,7 +288,7 @@ def test_django_decorator_denies_exactly_like_the_middleware(
 def test_django_decorator_identity_and_unknown_class(server: str, country_db: Path, tokens: dict[str, Any]) -> None:
     config = policy(country_db, tokens["public_key"])
     config["routes"].append({"path": "/shop/tagged-person", "class": "5E002"})
-    with serve(server, django_apps(config)) as port:
+    with serve_framework(server, "django", config) as port:
         check_identity_and_unknown(port, tokens["us"])
         check_identity_and_unknown(port, tokens["us"], prefix="/shop")
 

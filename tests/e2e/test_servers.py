@@ -123,15 +123,18 @@ def serve(server: str, app: ASGIApp, **options: Any) -> Iterator[int]:
 
 
 @contextlib.contextmanager
-def serve_granian(spec: Mapping[str, Any], *, interface: str = "asgi") -> Iterator[int]:
-    """Serve ``build_app(spec)`` with granian (a subprocess: a Rust server with Python workers)."""
+def serve_granian(
+    spec: Mapping[str, Any], *, interface: str = "asgi", factory: str = "tests.e2e.test_servers:granian_app"
+) -> Iterator[int]:
+    """Serve the app *factory* builds from *spec* (default: ``build_app(spec)``) with granian (a subprocess: a
+    Rust server with Python workers)."""
     pytest.importorskip("granian")
     port = free_port()
     env = {**os.environ, SPEC_ENV: json.dumps(spec), "PYTHONPATH": str(ROOT)}
     command = [
         sys.executable, "-m", "granian", "--interface", interface, "--host", "127.0.0.1", "--port", str(port),
         "--workers", "1", "--log-level", "warning", "--no-access-log",
-        "--factory", "tests.e2e.test_servers:granian_app",
+        "--factory", factory,
     ]  # fmt: skip
     process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
