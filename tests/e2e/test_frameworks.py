@@ -19,10 +19,19 @@ from typing import Any
 
 import pytest
 
-from geofence.demo import DEMO_AUDIENCE, DEMO_ISSUER, mint_token
+from geofence.demo import mint_token
 from geofence.middleware import GeofenceMiddleware
 
-from .test_servers import SPEC_ENV, VARIANT_HEADER, Reply, Switch, http_request, serve, serve_granian
+from .test_servers import (
+    SPEC_ENV,
+    VARIANT_HEADER,
+    Reply,
+    Switch,
+    demo_identity,
+    http_request,
+    serve,
+    serve_granian,
+)
 
 US, RUSSIA = "8.8.8.8", "5.8.1.1"  # in the country_db fixture
 SERVERS = ["uvicorn", "hypercorn", "granian"]
@@ -58,12 +67,7 @@ def policy(country_db: Path, public_key: Path) -> dict[str, Any]:
         "geoip": {"databases": [str(country_db)]},
         "proxies": {"trusted": ["127.0.0.1/32"]},
         "defaults": {"class": "OPEN"},
-        "identity": {
-            "issuer": DEMO_ISSUER,
-            "audience": [DEMO_AUDIENCE],
-            "algorithms": ["ES256"],
-            "public_key_file": str(public_key),
-        },
+        "identity": demo_identity(public_key),
         "classes": {
             "OPEN": {"unknown_location": "allow"},
             "4E091": {"allow_destinations": ["US"]},

@@ -519,17 +519,22 @@ def test_host_spellings(server: str, country_db: Path) -> None:
 # --- 4. a WebSocket cannot outlive the identity that allowed it ---------------------------------------------
 
 
+def demo_identity(public_key: Path, **settings: Any) -> dict[str, Any]:
+    """``[identity]`` trusting the demo token issuer's key at *public_key* (``geofence token`` mints for it)."""
+    return {
+        "issuer": DEMO_ISSUER,
+        "audience": [DEMO_AUDIENCE],
+        "algorithms": ["ES256"],
+        "public_key_file": str(public_key),
+        **settings,
+    }
+
+
 def identity_policy(country_db: Path, public_key: Path) -> dict[str, Any]:
     return {
         "geoip": {"databases": [str(country_db)]},
         "defaults": {"class": "OPEN"},
-        "identity": {
-            "issuer": DEMO_ISSUER,
-            "audience": [DEMO_AUDIENCE],
-            "algorithms": ["ES256"],
-            "public_key_file": str(public_key),
-            "leeway_seconds": 0,
-        },
+        "identity": demo_identity(public_key, leeway_seconds=0),
         "classes": {
             "OPEN": {"unknown_location": "allow"},
             "4E091": {"persons": "us_only", "unknown_location": "allow"},
