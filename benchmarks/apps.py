@@ -26,9 +26,9 @@ from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
 from benchmarks.common import ROOT
-from geofence.databases import default_database_path
-from geofence.demo import DEMO_AUDIENCE, DEMO_ISSUER, ensure_demo_key, mint_token
-from geofence.middleware import GeofenceMiddleware
+from geofence.asgi.middleware import GeofenceMiddleware
+from geofence.cli.demo import DEMO_AUDIENCE, DEMO_ISSUER, ensure_demo_key, mint_token
+from geofence.geoip.databases import default_database_path
 
 EXAMPLE_POLICY = ROOT / "data" / "example-policy.toml"
 TRUSTED = ["127.0.0.1/32", "::1/128"]

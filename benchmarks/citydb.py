@@ -35,7 +35,7 @@ import maxminddb
 from benchmarks import apps
 from benchmarks.common import CACHE, Table, interleaved, is_public_v4, median, per_request_us, scope, v4_text
 from benchmarks.lookup import per_call_ns
-from geofence.locator import Locator
+from geofence.geoip.locator import Locator
 
 LANGUAGES = ("de", "en", "es", "fr", "ja", "pt-BR", "ru", "zh-CN")
 RECORDS = 12_000

@@ -42,7 +42,7 @@ from benchmarks.common import (
     times,
     us,
 )
-from geofence.databases import default_database_path
+from geofence.geoip.databases import default_database_path
 
 LABELS = {
     "bare": "bare hello-world",

@@ -29,8 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import fresh_networks
 from geofence import Locator
-from geofence.databases import default_database_path
-from geofence.locator import DEFAULT_CACHE_SIZE
+from geofence.geoip.databases import default_database_path
+from geofence.geoip.locator import DEFAULT_CACHE_SIZE
 
 RIR_BLOCKS = (0x240, 0x260, 0x280, 0x2A0, 0x2C0)  # 2400::/12 APNIC, 2600::/12 ARIN, 2800::/12 LACNIC, ...
 

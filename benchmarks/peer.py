@@ -14,7 +14,7 @@ from typing import Any
 
 import maxminddb
 
-from geofence.databases import default_database_path
+from geofence.geoip.databases import default_database_path
 
 EMBARGOED = frozenset({"CU", "IR", "KP", "SY", "RU", "BY"})  # the countries of the example policy's "embargoed"
 MIDDLEWARES = {"guard": "SecurityMiddleware", "guard_asgi": "PureASGISecurityMiddleware"}

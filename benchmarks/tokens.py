@@ -27,7 +27,7 @@ from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from geofence.tokens import TokenConfig, TokenVerifier, token_from_scope
+from geofence.identity.tokens import TokenConfig, TokenVerifier, token_from_scope
 
 ISSUER, AUDIENCE = "https://idp.example.com", "bench"
 KEYS: dict[str, tuple[Any, Any]] = {

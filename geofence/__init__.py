@@ -7,19 +7,20 @@ facts and the :class:`Policy`) -> :class:`Decision`. See README.md.
 
 from __future__ import annotations
 
-from .addresses import parse_address
-from .databases import default_database_path, open_database
-from .decision import Decision, Reason, decide, error_decision
+from .asgi.middleware import GeofenceMiddleware
+from .asgi.responses import DenialResponse
 from .errors import DatabaseError, GeofenceError, InvalidAddressError
-from .identity import ClaimNames, Identity, IdentityError, identity_from_claims
-from .integrations import GeofenceDenied, check_class, install_handler, require_class, requires_class
-from .location import Anonymizer, DatabaseInfo, Location
-from .locator import Locator
-from .middleware import GeofenceMiddleware
-from .policy import Policy, PolicyError, load_policy, parse_policy
-from .responses import DenialResponse
-
-__version__ = "0.1.0"
+from .frameworks.endpoint import GeofenceDenied, check_class
+from .frameworks.starlette import install_handler, require_class, requires_class
+from .geoip.databases import default_database_path, open_database
+from .geoip.location import Anonymizer, DatabaseInfo, Location
+from .geoip.locator import Locator
+from .identity.claims import ClaimNames, Identity, IdentityError, identity_from_claims
+from .network.addresses import parse_address
+from .policy.decision import Decision, Reason, decide, error_decision
+from .policy.load import Policy, PolicyError, load_policy, parse_policy
+from .request.ids import request_id
+from .version import __version__
 
 __all__ = [
     "Anonymizer",
@@ -50,6 +51,7 @@ __all__ = [
     "open_database",
     "parse_address",
     "parse_policy",
+    "request_id",
     "require_class",
     "requires_class",
 ]

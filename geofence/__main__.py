@@ -1,5 +1,5 @@
 """``python -m geofence``: the same as the ``geofence`` command."""
 
-from .cli import main
+from .cli.main import main
 
 raise SystemExit(main())

@@ -152,7 +152,7 @@ def jwks_file(tmp_path: Path) -> Path:
 @pytest.fixture
 def verifier(jwks_file: Path) -> Any:
     """A TokenVerifier trusting :func:`jwks_file`."""
-    from geofence.tokens import TokenConfig, TokenVerifier
+    from geofence.identity.tokens import TokenConfig, TokenVerifier
 
     from .test_tokens import AUDIENCE, ISSUER
 

@@ -6,8 +6,8 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from geofence.addresses import V4_BASE, address_key, format_network, parse_address, parse_network, special_range
 from geofence.errors import InvalidAddressError
+from geofence.network.addresses import V4_BASE, address_key, format_network, parse_address, parse_network, special_range
 
 
 @pytest.mark.parametrize(

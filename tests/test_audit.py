@@ -13,14 +13,14 @@ from typing import Any
 
 import pytest
 
-from geofence import audit
-from geofence.audit import AuditWriter
-from geofence.audit_records import GENESIS, seal, verify_files
-from geofence.decision import Decision, decide
 from geofence.errors import GeofenceError
-from geofence.identity import Identity
-from geofence.location import Anonymizer, DatabaseInfo, Location
-from geofence.policy import Policy, parse_policy
+from geofence.evidence import audit
+from geofence.evidence.audit import AuditWriter
+from geofence.evidence.records import GENESIS, seal, verify_files
+from geofence.geoip.location import Anonymizer, DatabaseInfo, Location
+from geofence.identity.claims import Identity
+from geofence.policy.decision import Decision, decide
+from geofence.policy.load import Policy, parse_policy
 
 from .conftest import wait_until
 

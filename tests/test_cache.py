@@ -10,9 +10,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from geofence.cache import BoundedCache
-from geofence.middleware import GeofenceMiddleware
-from geofence.policy import PolicyError, parse_policy
+from geofence.asgi.middleware import GeofenceMiddleware
+from geofence.caches.bounded import BoundedCache
+from geofence.policy.load import PolicyError, parse_policy
 
 
 def test_entry_budget_evicts_oldest_unused_first() -> None:

@@ -11,12 +11,12 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from geofence.cache import BoundedCache
-from geofence.decision import Decision, decide
-from geofence.locator import Locator
-from geofence.middleware import GeofenceMiddleware
-from geofence.netcache import NetworkCache
-from geofence.where import client_key, pack_client, unpack_client
+from geofence.asgi.middleware import GeofenceMiddleware
+from geofence.asgi.where import client_key, pack_client, unpack_client
+from geofence.caches.bounded import BoundedCache
+from geofence.caches.networks import NetworkCache
+from geofence.geoip.locator import Locator
+from geofence.policy.decision import Decision, decide
 
 from .test_middleware import Recorder, http_scope, policy, run_asgi
 

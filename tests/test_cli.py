@@ -188,7 +188,7 @@ def test_wheel_ships_the_database_and_works_from_any_directory(tmp_path: Path) -
         [
             sys.executable,
             "-c",
-            "import sys; from geofence.cli import main; sys.exit(main(['lookup', '--json', '8.8.8.8']))",
+            "import sys; from geofence.cli.main import main; sys.exit(main(['lookup', '--json', '8.8.8.8']))",
         ],
         capture_output=True,
         text=True,

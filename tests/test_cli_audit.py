@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from geofence.audit import AuditWriter
-from geofence.cli_audit import replay
-from geofence.decision import decide
-from geofence.identity import Identity
-from geofence.location import DatabaseInfo, Location
-from geofence.policy import Policy, load_policy
+from geofence.cli.audit import replay
+from geofence.evidence.audit import AuditWriter
+from geofence.geoip.location import DatabaseInfo, Location
+from geofence.identity.claims import Identity
+from geofence.policy.decision import decide
+from geofence.policy.load import Policy, load_policy
 
 from .conftest import ROOT
 
@@ -174,9 +174,9 @@ def test_summary(tmp_path: Path, policies: tuple[Path, Path]) -> None:
 def test_summary_chart_is_a_readable_svg(tmp_path: Path) -> None:
     import xml.etree.ElementTree as ElementTree
 
-    from geofence.audit import AuditWriter
-    from geofence.decision import Decision, Reason
-    from geofence.location import Location
+    from geofence.evidence.audit import AuditWriter
+    from geofence.geoip.location import Location
+    from geofence.policy.decision import Decision, Reason
 
     trail = tmp_path / "audit.jsonl"
     with AuditWriter(trail) as writer:

@@ -6,9 +6,9 @@ from typing import Any
 
 import pytest
 
-from geofence.addresses import address_key, parse_network
-from geofence.client_ip import ClientAddress, ProxyConfig, resolve_client
-from geofence.policy import parse_policy
+from geofence.network.addresses import address_key, parse_network
+from geofence.network.client_ip import ClientAddress, ProxyConfig, resolve_client
+from geofence.policy.load import parse_policy
 
 
 def proxies(*trusted: str, header: str = "x-forwarded-for") -> ProxyConfig:

@@ -8,9 +8,9 @@ import re
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from geofence.addresses import address_key, parse_network
-from geofence.client_ip import ProxyConfig, _forwarded_nodes, resolve_client
 from geofence.errors import InvalidAddressError
+from geofence.network.addresses import address_key, parse_network
+from geofence.network.client_ip import ProxyConfig, _forwarded_nodes, resolve_client
 
 _TRUSTED = [parse_network(n) for n in ("10.0.0.0/8", "2001:db8:1::/48")]
 CONFIGS = [

@@ -15,8 +15,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from geofence.addresses import address_key, key_address, parse_network
-from geofence.client_ip import ClientAddress, ProxyConfig, resolve_client
+from geofence.network.addresses import address_key, key_address, parse_network
+from geofence.network.client_ip import ClientAddress, ProxyConfig, resolve_client
 
 
 def config(*trusted: str, header: str = "x-forwarded-for") -> ProxyConfig:

@@ -8,10 +8,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from geofence.decision import Decision, decide, error_decision
-from geofence.identity import Identity
-from geofence.location import Anonymizer, Location
-from geofence.policy import Policy, parse_policy
+from geofence.geoip.location import Anonymizer, Location
+from geofence.identity.claims import Identity
+from geofence.policy.decision import Decision, decide, error_decision
+from geofence.policy.load import Policy, parse_policy
 
 POLICY = parse_policy(
     {

@@ -15,11 +15,11 @@ import httpx
 import pytest
 
 from geofence import Decision, DenialResponse
-from geofence.decision import Reason
-from geofence.middleware import GeofenceMiddleware
-from geofence.policy import PolicyError, load_policy, parse_policy
-from geofence.policy_response import MAX_TEMPLATE_BYTES, PLACEHOLDERS, default_template
-from geofence.responses import ResponseConfig, denial_response
+from geofence.asgi.middleware import GeofenceMiddleware
+from geofence.asgi.responses import ResponseConfig, denial_response
+from geofence.policy.decision import Reason
+from geofence.policy.load import PolicyError, load_policy, parse_policy
+from geofence.policy.response import MAX_TEMPLATE_BYTES, PLACEHOLDERS, default_template
 
 from .conftest import wait_until
 

@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
-from geofence.cli import _parser
-from geofence.policy import parse_policy
+from geofence.cli.main import _parser
+from geofence.policy.load import parse_policy
 from geofence.resources import data_path
 
 from .conftest import wait_until

@@ -348,20 +348,20 @@ async def test_djangos_cache_never_stores_what_a_decorated_view_answers(
 
 
 async def test_every_record_of_one_request_carries_one_id(country_db: Path, tmp_path: Path) -> None:
-    """Records by helpers share the id the denial page and log line show; the route's own record shares it
-    when the proxy sends X-Request-ID (without one, the writer thread makes the route's own id later, which
-    keeps the id off the request path: README "Per-endpoint requirements")."""
+    """The route's own record and every helper's record share one id, with or without an X-Request-ID (the
+    writer thread may fix the id of the route's record after a helper did, or before: the same one either way),
+    and the app reads the same id from ``geofence.request_id(scope)``."""
     from starlette.applications import Starlette
     from starlette.requests import Request
     from starlette.responses import PlainTextResponse
     from starlette.routing import Route
 
-    from geofence import requires_class
+    from geofence import request_id, requires_class
 
     @requires_class("4E091")
     @requires_class("ALLIES")
     async def weights(request: Request) -> PlainTextResponse:
-        return PlainTextResponse("weights")
+        return PlainTextResponse(request_id(request.scope))
 
     audit = tmp_path / "audit.jsonl"
     policy = config(country_db, audit)
@@ -370,8 +370,11 @@ async def test_every_record_of_one_request_carries_one_id(country_db: Path, tmp_
     middleware = GeofenceMiddleware(Starlette(routes=[Route("/weights", weights)]), config=policy)
     transport = httpx.ASGITransport(app=middleware, client=("8.8.8.8", 40000))
     async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+        shown = []
         for headers in ({}, {"x-request-id": "bad id\r\n"}, {"x-request-id": "req-7"}):
-            assert (await client.get("/weights", headers=headers)).status_code == 200
+            response = await client.get("/weights", headers=headers)
+            assert response.status_code == 200
+            shown.append(response.text)
     middleware.close()
     found = records(audit)
     assert [(outcome, cls) for outcome, cls, _ in found] == [
@@ -380,8 +383,8 @@ async def test_every_record_of_one_request_carries_one_id(country_db: Path, tmp_
         ("allow", "ALLIES"),
     ] * 3
     ids = [rid for _, _, rid in found]
-    assert ids[1] == ids[2] and ids[4] == ids[5] and ids[1] != ids[4]  # the helpers' records: one id per request
-    assert ids[6:] == ["req-7"] * 3
+    assert ids[:3] == [shown[0]] * 3 and ids[3:6] == [shown[1]] * 3 and shown[0] != shown[1]
+    assert ids[6:] == ["req-7"] * 3 and shown[2] == "req-7"
 
 
 async def test_a_helper_called_after_the_response_started_refuses(country_db: Path, tmp_path: Path) -> None:
@@ -401,7 +404,7 @@ async def test_a_helper_called_after_the_response_started_refuses(country_db: Pa
 
 
 def test_private_marking_reads_quoted_directives_and_drops_cdn_headers() -> None:
-    from geofence.asgi import _make_private, private_cache_control
+    from geofence.asgi.plumbing import _make_private, private_cache_control
 
     assert private_cache_control(['public, max-age=600, no-cache="x, private, y"']) == (
         'private, max-age=600, no-cache="x, private, y"'
@@ -454,7 +457,7 @@ def test_a_websocket_allowed_by_a_helper_ends_when_its_identity_expires(country_
 def test_a_cdn_cache_header_alone_is_dropped_and_the_response_made_private(header: bytes) -> None:
     import asyncio
 
-    from geofence.asgi import private_responses
+    from geofence.asgi.plumbing import private_responses
 
     sent: list[Any] = []
 
@@ -469,7 +472,7 @@ def test_a_cdn_cache_header_alone_is_dropped_and_the_response_made_private(heade
 def test_a_hostile_cache_control_value_is_parsed_in_linear_time() -> None:
     import time
 
-    from geofence.asgi import private_cache_control
+    from geofence.asgi.plumbing import private_cache_control
 
     hostile = ['"' + '\\"' * 16_000, '"a' * 24_000, 'public, no-cache="x, private']
     started = time.perf_counter()
@@ -499,7 +502,7 @@ def test_a_websocket_bound_to_an_identity_later_closes_at_the_next_message_after
     import asyncio
     import time
 
-    from geofence.asgi import Deadline, expiring_websocket
+    from geofence.asgi.plumbing import Deadline, expiring_websocket
 
     sent: list[Any] = []
     deadline = Deadline()

@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from geofence.policy import load_policy
-from geofence.routes import RouteTable
+from geofence.policy.load import load_policy
+from geofence.routing.routes import RouteTable
 
 TABLE: RouteTable = load_policy().routes
 CONTROLLED = "4E091"

@@ -13,8 +13,8 @@ from typing import Any
 import httpx
 import pytest
 
+from geofence.asgi.middleware import GeofenceMiddleware
 from geofence.integrations import denial_parts
-from geofence.middleware import GeofenceMiddleware
 
 pytestmark = pytest.mark.anyio
 

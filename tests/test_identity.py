@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from geofence.identity import ClaimNames, IdentityError, identity_from_claims, nationality_code
+from geofence.identity.claims import ClaimNames, IdentityError, identity_from_claims, nationality_code
 
 
 @pytest.mark.parametrize(

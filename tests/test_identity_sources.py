@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from geofence.identity import AssuranceRequirements, Identity, IdentityError, identity_from_claims
+from geofence.identity.claims import AssuranceRequirements, Identity, IdentityError, identity_from_claims
 
 NOW = time.time()
 

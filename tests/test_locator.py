@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from geofence import Anonymizer, DatabaseError, InvalidAddressError, Location, Locator
-from geofence.databases import default_database_path, open_database
+from geofence.geoip.databases import default_database_path, open_database
 
 from .conftest import LOCATION_KEYS, WriteDb, country
 
@@ -511,7 +511,7 @@ def test_geoip2_records_are_adapted_once_per_answer_and_bad_ones_still_refused(c
 )
 def test_the_memo_never_confuses_a_number_with_a_flag(city_db: Path, first: dict, second: dict) -> None:
     """Only a bool is a flag: whichever record comes first, each gets what adapting it afresh gives."""
-    from geofence.records import geoip2_facts
+    from geofence.geoip.records import geoip2_facts
 
     for order in ((first, second), (second, first)):
         with Locator([city_db]) as locator:

@@ -17,8 +17,8 @@ import pytest
 from netaddr import IPNetwork, IPSet
 
 from geofence import Anonymizer, DatabaseError, Locator
-from geofence.addresses import address_key, special_range
-from geofence.databases import open_database
+from geofence.geoip.databases import open_database
+from geofence.network.addresses import address_key, special_range
 
 from .conftest import MAXMIND_TESTDATA
 

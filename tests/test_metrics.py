@@ -15,9 +15,9 @@ import pytest
 
 prometheus_client = pytest.importorskip("prometheus_client")
 
-from geofence.demo import RunningServer  # noqa: E402
-from geofence.metrics import metrics  # noqa: E402
-from geofence.middleware import GeofenceMiddleware  # noqa: E402
+from geofence.asgi.middleware import GeofenceMiddleware  # noqa: E402
+from geofence.cli.demo import RunningServer  # noqa: E402
+from geofence.evidence.metrics import metrics  # noqa: E402
 
 from .conftest import ROOT  # noqa: E402
 from .test_middleware import Recorder, send  # noqa: E402
@@ -88,8 +88,8 @@ WORKER = textwrap.dedent(
     """
     import asyncio, sys
     sys.path.insert(0, {root!r})
-    from geofence.metrics import metrics
-    from geofence.middleware import GeofenceMiddleware
+    from geofence.evidence.metrics import metrics
+    from geofence.asgi.middleware import GeofenceMiddleware
     from tests.test_metrics import config
     from tests.test_middleware import Recorder, send
     from pathlib import Path
@@ -131,7 +131,7 @@ def test_without_the_setting_prometheus_client_is_never_imported(country_db: Pat
         f"""
         import sys
         sys.path.insert(0, {str(ROOT)!r})
-        from geofence.middleware import GeofenceMiddleware
+        from geofence.asgi.middleware import GeofenceMiddleware
         GeofenceMiddleware(lambda *a: None, config={{"geoip": {{"databases": [{str(country_db)!r}]}},
                                                     "classes": {{"EAR99": {{}}}}}})
         assert "prometheus_client" not in sys.modules, "imported"

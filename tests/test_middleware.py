@@ -13,9 +13,9 @@ import pytest
 from fastapi import Request
 
 from geofence import Decision, Identity
-from geofence.identity import IdentityError
-from geofence.middleware import GeofenceMiddleware
-from geofence.responses import DenialResponse
+from geofence.asgi.middleware import GeofenceMiddleware
+from geofence.asgi.responses import DenialResponse
+from geofence.identity.claims import IdentityError
 
 from .conftest import wait_until
 
@@ -277,7 +277,7 @@ async def test_decisions_are_computed_once_per_answer_not_per_network(
     """Two networks with the same facts share one decision; each request still carries its own network."""
     same = {"country": {"iso_code": "US"}, "registered_country": {"iso_code": "US"}}
     db = write_db("same.mmdb", "GeoIP2-Country", {"8.8.8.0/24": same, "9.9.9.0/24": same, "5.8.0.0/16": {}})
-    import geofence.deciding as module
+    import geofence.asgi.deciding as module
 
     calls: list[str] = []
     real = module.decide

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from geofence import Decision, Identity
-from geofence.middleware import GeofenceMiddleware
+from geofence.asgi.middleware import GeofenceMiddleware
 
 from .test_middleware import Recorder, http_scope, policy, run_asgi, send
 

@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from geofence.netcache import NetworkCache
+from geofence.caches.networks import NetworkCache
 
 V4 = 0xFFFF << 32
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from geofence.middleware import GeofenceMiddleware
+from geofence.asgi.middleware import GeofenceMiddleware
 
 from .conftest import country, wait_until
 from .test_cli import geofence
@@ -194,10 +194,10 @@ def test_check_resolves_a_live_request_through_the_proxies(write_db: Any, tmp_pa
 
 
 def test_check_explains_a_recorded_decision_under_another_policy(write_db: Any, tmp_path: Path) -> None:
-    from geofence.audit import AuditWriter
-    from geofence.decision import decide
-    from geofence.locator import Locator
-    from geofence.policy import parse_policy
+    from geofence.evidence.audit import AuditWriter
+    from geofence.geoip.locator import Locator
+    from geofence.policy.decision import decide
+    from geofence.policy.load import parse_policy
 
     db = write_db("fresh.mmdb", "GeoIP2-Country", NETWORKS)
     old = parse_policy({"geoip": {"databases": [str(db)]}, "classes": {"EAR99": {"deny_destinations": ["CU"]}}})

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from geofence.destinations import load_reference
-from geofence.policy import Policy, PolicyError, load_policy, parse_policy
+from geofence.places import load_reference
+from geofence.policy.load import Policy, PolicyError, load_policy, parse_policy
 
 MINIMAL: dict[str, Any] = {"classes": {"EAR99": {"deny_destinations": ["embargoed"]}}}
 
@@ -212,7 +212,7 @@ def test_policy_is_immutable() -> None:
 
 
 def test_exempt_networks() -> None:
-    from geofence.addresses import address_key
+    from geofence.network.addresses import address_key
 
     policy = parse_policy({**MINIMAL, "exempt": {"networks": ["192.0.2.0/24", "2001:db8::/32", "198.51.100.7"]}})
     assert policy.exempt_network(address_key("192.0.2.55")) == "client in exempt network 192.0.2.0/24"

@@ -8,7 +8,7 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from geofence.policy import Policy, PolicyError, load_policy, parse_policy
+from geofence.policy.load import Policy, PolicyError, load_policy, parse_policy
 
 # Values shaped like policy content: known keys, country codes, globs and CIDRs, plus junk of every TOML type.
 _WORDS = st.sampled_from(

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from geofence.params import DEFAULT_MAX_BODY
-from geofence.routes import ParamRule, Route, RouteRule, RouteTable, compile_glob, normalise_path
+from geofence.routing.routes import ParamRule, Route, RouteTable, compile_glob, normalise_path
+from geofence.routing.rule import DEFAULT_MAX_BODY, RouteRule
 
 RULES = [
     RouteRule("/v1/models/mythos-5/**", "4E091", index=0),

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from geofence.cli import main
+from geofence.cli.main import main
 
 
 def check(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, dict[str, Any]]:

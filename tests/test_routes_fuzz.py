@@ -8,7 +8,8 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from geofence.routes import Route, RouteRule, RouteTable
+from geofence.routing.routes import Route, RouteTable
+from geofence.routing.rule import RouteRule
 
 MODEL = {"equals": ("mythos-5",), "matches": ("mythos-5*",)}
 RULES = [

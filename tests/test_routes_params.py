@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from geofence.params import parse_field
-from geofence.policy import PolicyError, parse_policy
-from geofence.routes import RouteRule, RouteTable
+from geofence.policy.load import PolicyError, parse_policy
+from geofence.routing.routes import RouteTable
+from geofence.routing.rule import RouteRule, parse_field
 
 MODELS = {"equals": ("mythos-5",), "matches": ("mythos-5-*",)}
 TABLE = RouteTable(

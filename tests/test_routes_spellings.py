@@ -9,8 +9,9 @@ import pytest
 from starlette.applications import Starlette
 from starlette.routing import Mount
 
-from geofence.demo import RunningServer
-from geofence.routes import Route, RouteRule, RouteTable, canonical_host, path_spellings
+from geofence.cli.demo import RunningServer
+from geofence.routing.routes import Route, RouteTable, canonical_host, path_spellings
+from geofence.routing.rule import RouteRule
 
 RULES = [
     RouteRule("/v1/messages", "4E091", methods=("POST",), json_field="model", equals=("mythos-5",), index=0),

@@ -14,8 +14,8 @@ import jwt
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from geofence.identity import IdentityError
-from geofence.tokens import TokenConfig, TokenVerifier, token_from_scope
+from geofence.identity.claims import IdentityError
+from geofence.identity.tokens import TokenConfig, TokenVerifier, token_from_scope
 
 from .test_tokens import AUDIENCE, EC_KEY, ED_KEY, ISSUER, RSA_KEY, claims, jwk, token
 

@@ -11,9 +11,9 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from geofence.identity import IdentityError
-from geofence.policy import PolicyError, parse_policy
-from geofence.tokens import TokenConfig, TokenVerifier
+from geofence.identity.claims import IdentityError
+from geofence.identity.tokens import TokenConfig, TokenVerifier
+from geofence.policy.load import PolicyError, parse_policy
 
 from .test_tokens import AUDIENCE, ISSUER, RSA_KEY, JWKSServer, claims, forge, jwk, url_verifier
 

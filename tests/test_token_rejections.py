@@ -23,8 +23,8 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from geofence.identity import IdentityError
-from geofence.tokens import TokenConfig, TokenVerifier
+from geofence.identity.claims import IdentityError
+from geofence.identity.tokens import TokenConfig, TokenVerifier
 
 from .test_tokens import AUDIENCE, EC_KEY, ED_KEY, ISSUER, RSA_KEY, b64, claims, forge, jwk
 

@@ -11,10 +11,10 @@ from typing import Any
 import jwt
 import pytest
 
-from geofence.budget import CacheBudget
-from geofence.identity import IdentityError
-from geofence.policy import parse_policy
-from geofence.tokens import TokenConfig, TokenVerifier, token_from_scope
+from geofence.caches.budget import CacheBudget
+from geofence.identity.claims import IdentityError
+from geofence.identity.tokens import TokenConfig, TokenVerifier, token_from_scope
+from geofence.policy.load import parse_policy
 
 from .test_cli import geofence
 from .test_tokens import (
@@ -184,7 +184,7 @@ def test_the_static_algorithm_list_is_pyjwts() -> None:
     """token_config lists the algorithms without importing PyJWT: it must stay PyJWT's list, less none."""
     from jwt.algorithms import get_default_algorithms
 
-    from geofence.token_config import SUPPORTED_ALGORITHMS
+    from geofence.identity.config import SUPPORTED_ALGORITHMS
 
     assert set(SUPPORTED_ALGORITHMS) == set(get_default_algorithms()) - {"none"}
 

@@ -19,9 +19,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm, get_default_algorithms
 
-from geofence.identity import IdentityError
-from geofence.policy import PolicyError, parse_policy
-from geofence.tokens import TokenConfig, TokenVerifier, token_from_scope
+from geofence.identity.claims import IdentityError
+from geofence.identity.tokens import TokenConfig, TokenVerifier, token_from_scope
+from geofence.policy.load import PolicyError, parse_policy
 
 from .conftest import wait_until
 

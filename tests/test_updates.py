@@ -22,8 +22,8 @@ from urllib.parse import parse_qs, urlsplit
 import mmdb_writer
 import pytest
 
-from geofence.cli import main
-from geofence.geoipconf import ConfigError, load_config
+from geofence.cli.main import main
+from geofence.geoip.update.conf import ConfigError, load_config
 
 from .conftest import ROOT, country, write_mmdb
 
@@ -320,7 +320,7 @@ def test_a_database_from_the_future_is_refused(
 
 
 def test_credentials_never_appear_in_messages(tmp_path: Path, capsys: Any) -> None:
-    from geofence.cli import main
+    from geofence.cli.main import main
 
     code = main(["db", "update", "--url", "http://example.com/db.mmdb?license_key=S3CRET", "--output", "x.mmdb"])
     err = capsys.readouterr().err
@@ -414,7 +414,7 @@ def test_urllib_is_imported_lazily() -> None:
     """The middleware never downloads: its processes should not pay for (or expose) urllib through these modules."""
     import ast
 
-    for module in ("updates", "cli_update", "geoipconf"):
+    for module in ("geoip/update/updater", "cli/update", "geoip/update/conf"):
         tree = ast.parse((ROOT / "geofence" / f"{module}.py").read_text())
         names = [a.name for n in tree.body if isinstance(n, ast.Import) for a in n.names]
         names += [n.module or "" for n in tree.body if isinstance(n, ast.ImportFrom)]
@@ -473,8 +473,8 @@ def test_config_compatible_with_geoipupdate(tmp_path: Path) -> None:
 
 
 def test_progress_is_reported(tmp_path: Path, service: Service, dbdir: Path) -> None:
-    from geofence.cli_update import _Progress
-    from geofence.updates import update_databases
+    from geofence.cli.update import _Progress
+    from geofence.geoip.update.updater import update_databases
 
     service.publish(COUNTRY, build(tmp_path / "new.mmdb", NOW))
     calls: list[tuple[str, int, int | None]] = []

@@ -12,8 +12,8 @@ from typing import Any
 
 import httpx
 
-from geofence.demo import RunningServer, demo_app
-from geofence.middleware import GeofenceMiddleware
+from geofence.asgi.middleware import GeofenceMiddleware
+from geofence.cli.demo import RunningServer, demo_app
 
 from ..conftest import ROOT, wait_until
 

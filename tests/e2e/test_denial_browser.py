@@ -23,8 +23,8 @@ from typing import Any
 
 import pytest
 
-from geofence.demo import RunningServer
-from geofence.middleware import GeofenceMiddleware
+from geofence.asgi.middleware import GeofenceMiddleware
+from geofence.cli.demo import RunningServer
 
 from ..conftest import ROOT, wait_until
 

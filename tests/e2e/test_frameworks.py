@@ -19,8 +19,8 @@ from typing import Any
 
 import pytest
 
-from geofence.demo import mint_token
-from geofence.middleware import GeofenceMiddleware
+from geofence.asgi.middleware import GeofenceMiddleware
+from geofence.cli.demo import mint_token
 
 from .test_servers import (
     SPEC_ENV,

@@ -18,9 +18,9 @@ import openai
 import pytest
 from websockets.exceptions import InvalidStatus
 
-from geofence.demo import RunningServer, demo_app
-from geofence.middleware import GeofenceMiddleware
-from geofence.policy import EXAMPLE_POLICY
+from geofence.asgi.middleware import GeofenceMiddleware
+from geofence.cli.demo import RunningServer, demo_app
+from geofence.policy.load import EXAMPLE_POLICY
 from geofence.resources import data_path
 
 from ..conftest import country, write_mmdb

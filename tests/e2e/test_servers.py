@@ -6,7 +6,7 @@ so a denial means something; then that it is denied when the class is denied for
 
 Requests whose exact request-target matters are sent with ``http.client`` (httpx normalises ``.`` segments).
 This module also holds the server helpers the other e2e modules use: in-thread uvicorn
-(:class:`geofence.demo.RunningServer`) and hypercorn, and granian in a subprocess (it can only load an app by
+(:class:`geofence.cli.demo.RunningServer`) and hypercorn, and granian in a subprocess (it can only load an app by
 import path: :func:`granian_app` builds it from a JSON spec in the environment).
 """
 
@@ -28,8 +28,8 @@ from typing import Any, NamedTuple, Self
 
 import pytest
 
-from geofence.demo import DEMO_AUDIENCE, DEMO_ISSUER, RunningServer, demo_app, mint_token
-from geofence.middleware import GeofenceMiddleware
+from geofence.asgi.middleware import GeofenceMiddleware
+from geofence.cli.demo import DEMO_AUDIENCE, DEMO_ISSUER, RunningServer, demo_app, mint_token
 
 from ..conftest import ROOT
 

@@ -15,8 +15,8 @@ import pytest
 import websockets
 from websockets.exceptions import InvalidStatus
 
-from geofence.demo import RunningServer, Step, demo_app, request
-from geofence.middleware import GeofenceMiddleware
+from geofence.asgi.middleware import GeofenceMiddleware
+from geofence.cli.demo import RunningServer, Step, demo_app, request
 
 from ..conftest import ROOT
 

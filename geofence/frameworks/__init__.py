@@ -1,0 +1,1 @@
+"""Per-endpoint requirements for Starlette/FastAPI, Litestar and Django, on one framework-neutral core."""

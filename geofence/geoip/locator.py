@@ -1,0 +1,228 @@
+"""IP address → :class:`Location`: merge what every configured database says, cache it per network.
+
+The cache belongs to the :class:`Locator` and so to the readers it opened: swapping databases means building a
+new Locator, which can never serve an entry computed from the old files.
+"""
+
+from __future__ import annotations
+
+import operator
+import os
+import threading
+from collections.abc import Callable, Sequence
+from functools import partial
+from typing import Final, Self
+
+from maxminddb.errors import InvalidDatabaseError
+
+from ..caches.networks import NetworkCache
+from ..errors import DatabaseError, InvalidAddressError
+from ..network.addresses import address_key, format_network, key_address, special_range
+from .databases import Facts, GeoDatabase, LoadMode, default_database_path, open_database
+from .location import Anonymizer, Location
+
+__all__ = ["DEFAULT_CACHE_SIZE", "Locator"]
+
+DEFAULT_CACHE_SIZE: Final = 65_536
+"""Networks kept in the cache (about 20 MB at the most with a country database)."""
+_MAX_FACTS: Final = 1 << 20  # distinct answers (country, subdivisions, flags...): a city database has ~10^5
+
+
+class Locator:
+    """Resolves addresses with one or more MaxMind-format databases.
+
+    Databases are given in priority order. The first one that names a country decides ``country``; the
+    countries the others name are kept in ``other_countries``, and ``subdivisions`` holds every ISO 3166-2
+    code any of them gave (the codes carry their country, and a deny rule must see all of them). The first
+    registered and represented country win. Anonymizer flags from every anonymizer-capable database are
+    OR-ed. The merged network is the intersection of the databases' networks.
+    """
+
+    __slots__ = ("_cache", "_databases", "_fact_ids", "_facts", "_interning")
+
+    def __init__(
+        self,
+        databases: Sequence[str | os.PathLike[str]] | str | os.PathLike[str] | None = None,
+        *,
+        cache_size: int = DEFAULT_CACHE_SIZE,
+        load: LoadMode = "copy",
+    ) -> None:
+        if databases is None:
+            paths: list[str | os.PathLike[str]] = [default_database_path()]
+        elif isinstance(databases, str | os.PathLike):
+            paths = [databases]
+        else:
+            paths = list(databases)
+        if not paths:
+            raise DatabaseError("no GeoIP database configured")
+        opened: list[GeoDatabase] = []
+        try:
+            for path in paths:
+                opened.append(open_database(path, load))
+        except BaseException:
+            for db in opened:
+                db.close()
+            raise
+        self._databases: tuple[GeoDatabase, ...] = tuple(opened)
+        # network -> "facts-id network-text": a string, so the cache holds nothing the garbage collector tracks
+        # (see netcache). The facts (everything but the network) are interned: one template per distinct
+        # answer, and the id lets a caller cache decisions per answer rather than per network.
+        self._cache: NetworkCache[str] = NetworkCache(cache_size)
+        self._facts: list[tuple[object, ...]] = []
+        self._fact_ids: dict[tuple[object, ...], int] = {}
+        self._interning = threading.Lock()  # a new answer only: two threads must not take the same id
+
+    @property
+    def databases(self) -> tuple[GeoDatabase, ...]:
+        """The open databases, highest priority first."""
+        return self._databases
+
+    @property
+    def cached_networks(self) -> int:
+        """How many networks the cache holds now."""
+        return len(self._cache)
+
+    def lookup(self, ip: str) -> Location:
+        """The Location of the network holding *ip*.
+
+        Raises :class:`~geofence.errors.InvalidAddressError` for text that is not an address and
+        :class:`~geofence.errors.DatabaseError` when a database turns out corrupt at this address.
+        """
+        # A dotted quad that parsed is already canonical: reuse it rather than format the key again.
+        return self.location(*self.locate(address_key(ip), ip if ":" not in ip else None))
+
+    def lookup_key(self, key: int) -> Location:
+        """Like :meth:`lookup` for a key from :func:`~geofence.network.addresses.address_key` (no parsing)."""
+        return self.location(*self.locate(key))
+
+    def locate(self, key: int, ipv4_text: str | None = None) -> tuple[str, int]:
+        """(network, facts id) for address *key*: plain values a cache can hold without the garbage collector
+        tracking them. Equal ids mean equal Locations but for the network, so anything computed from the facts
+        alone (a decision) can be shared across networks. :meth:`location` builds the Location.
+        *ipv4_text*: the canonical dotted quad of *key*, when the caller has it (saves formatting it)."""
+        cached = self._cache.get(key)
+        if cached is None:
+            return self._resolve(key, ipv4_text)
+        facts_id, _, network = cached.partition(" ")
+        return network, int(facts_id)
+
+    def location(self, network: str, facts_id: int) -> Location:
+        """The Location of a :meth:`locate` answer."""
+        return _new_location((network, *self._facts[facts_id]))
+
+    def _intern(self, facts: tuple[object, ...]) -> int:
+        """The id of *facts* (a Location's fields but the network), one per distinct answer."""
+        facts_id = self._fact_ids.get(facts)
+        if facts_id is None:
+            with self._interning:
+                facts_id = self._fact_ids.get(facts)
+                if facts_id is None:
+                    if len(self._facts) >= _MAX_FACTS:
+                        raise DatabaseError(f"more than {_MAX_FACTS} distinct answers in the configured databases")
+                    self._facts.append(facts)  # before the id is published: a reader never indexes past the end
+                    facts_id = self._fact_ids[facts] = len(self._facts) - 1
+        return facts_id
+
+    def _resolve(self, key: int, ipv4_text: str | None = None) -> tuple[str, int]:
+        if type(key) is not int or not 0 <= key < 1 << 128:
+            raise InvalidAddressError(f"{key!r} is not an address key")
+        special, low, high = special_range(key)
+        if special is not None:
+            # not cached by network: a special run need not be one CIDR block (interning makes this cheap)
+            return special.network, self._intern((None, None, None, None, (), (), None, special.reason, ()))
+        if ipv4_text is None:
+            address = key_address(key)
+            text, v4 = address.text, address.version == 4
+        else:
+            text, v4 = ipv4_text, True
+        prefix = 0
+        answered: list[tuple[GeoDatabase, Facts]] = []
+        for db in self._databases:
+            if (db.ip_version == 4 and not v4) or (v4 and not db.has_ipv4):
+                continue  # an IPv4-only (IPv6-only) database knows nothing of this whole family
+            try:
+                record, length = db.reader.get_with_prefix_len(text)
+            except (InvalidDatabaseError, ValueError, UnicodeDecodeError) as exc:
+                if db.reader.closed:
+                    raise DatabaseError(f"{db.info.path}: the database was closed") from None
+                raise DatabaseError(f"{db.info.path}: corrupt data at {text} ({exc})") from None
+            length = (length if length > 0 else 0) + (96 if v4 else 0)
+            if length > prefix:
+                prefix = length
+            if record or db.anonymizer_capable:  # an anonymizer database answers by silence too
+                answered.append((db, db.facts(record)))
+        network, facts_id = format_network(key, prefix), self._intern(_merge(answered))
+        # Cache the largest block of the network that holds no special-purpose address (nearly always the
+        # whole network; a database network straddling e.g. 100.64.0.0/10 is cached in smaller pieces).
+        cached = prefix
+        while (key & ~((1 << (128 - cached)) - 1)) < low or (key | ((1 << (128 - cached)) - 1)) > high:
+            cached += 1
+        self._cache.put(key, cached, f"{facts_id} {network}")
+        return network, facts_id
+
+    def close(self) -> None:
+        """Close the database readers. Lookups after this raise :class:`DatabaseError`."""
+        self._cache.clear()
+        for db in self._databases:
+            db.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+_NOT_ANONYMOUS: Final = Anonymizer()
+_NOT_FOUND: Final = (None, None, None, None, (), (), None, "not_found", ())
+_new_location: Final[Callable[[tuple[object, ...]], Location]] = partial(tuple.__new__, Location)
+"""Build a Location from a complete tuple: a NamedTuple's Python-level ``__new__`` costs ~4,000 instructions."""
+
+
+def _merge(answered: list[tuple[GeoDatabase, Facts]]) -> tuple[object, ...]:
+    """The fields of one Location but the network, from what each database said, in priority order (see
+    :class:`Locator`)."""
+    if len(answered) == 1:  # the common case, without the bookkeeping
+        db, facts = answered[0]
+        anonymizer = facts.anonymizer
+        if anonymizer is None and db.anonymizer_capable:
+            anonymizer = _NOT_ANONYMOUS
+        return (
+            facts.country,
+            facts.registered_country,
+            facts.represented_country,
+            facts.represented_country_type,
+            facts.subdivisions,
+            (),
+            anonymizer,
+            None if facts.country is not None else "not_found",
+            db.infos,
+        )
+    if not answered:
+        return _NOT_FOUND
+    countries: list[str] = []
+    subdivisions: list[str] = []
+    registered = represented = represented_type = None
+    anonymizer = None
+    for db, facts in answered:
+        if facts.country is not None and facts.country not in countries:
+            countries.append(facts.country)
+        subdivisions.extend(code for code in facts.subdivisions if code not in subdivisions)
+        registered = registered or facts.registered_country
+        if represented is None:
+            represented, represented_type = facts.represented_country, facts.represented_country_type
+        if db.anonymizer_capable or facts.anonymizer is not None:
+            flags = facts.anonymizer or _NOT_ANONYMOUS
+            anonymizer = flags if anonymizer is None else Anonymizer(*map(operator.or_, anonymizer, flags))
+    country = countries[0] if countries else None
+    return (
+        country,
+        registered,
+        represented,
+        represented_type,
+        tuple(subdivisions),
+        tuple(countries[1:]),
+        anonymizer,
+        None if country is not None else "not_found",
+        tuple(db.info for db, _ in answered),
+    )
