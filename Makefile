@@ -13,11 +13,15 @@ $(BIN)/python:
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
 # Each target installs only what it needs: the demo its server, the tests their toolchain.
-$(VENV)/.demo: $(BIN)/python pyproject.toml
+# The native extension (geofence/native/_core.c) is compiled by the install (hatch_build.py): a change to it
+# reinstalls. Without a C compiler the install still succeeds, on the pure-Python path.
+NATIVE := geofence/native/_core.c hatch_build.py
+
+$(VENV)/.demo: $(BIN)/python pyproject.toml $(NATIVE)
 	$(BIN)/python -m pip install --quiet -e ".[demo]"
 	@touch $@
 
-$(VENV)/.test: $(BIN)/python pyproject.toml
+$(VENV)/.test: $(BIN)/python pyproject.toml $(NATIVE)
 	$(BIN)/python -m pip install --quiet -e ".[test]"
 	@touch $@
 
@@ -33,6 +37,8 @@ test: $(VENV)/.test
 	$(BIN)/ruff format --check geofence tests benchmarks
 	$(BIN)/mypy geofence
 	$(BIN)/python -m pytest
+	@echo "the suite again on the pure-Python reference path (GEOFENCE_NATIVE=0), end-to-end tests aside:"
+	GEOFENCE_NATIVE=0 $(BIN)/python -m pytest -q -p no:cacheprovider --ignore=tests/e2e
 
 # `make bench`: the suite (benchmarks/README.md), then README.md's bench block from its results;
 # `make bench QUICK=1`: the quick run (~1.5 min), which leaves README.md alone.

@@ -19,7 +19,7 @@ from ..request.facts import RequestFacts
 from ..routing.routes import Route
 from .plumbing import buffer_body
 from .state import Front, State, Where, new_front, new_where
-from .where import ChainWarnings, client_key, locate_client, pack_client, unpack_client
+from .where import ChainWarnings, Client, client_key, locate_client, pack_client, unpack_client
 
 __all__ = ["Decider", "privacy"]
 
@@ -41,16 +41,15 @@ class Decider:
         identity and no request parameter can change it; and whether the client was known (the front cache
         admits only those: a flood of one-off clients neither pays for nor displaces its entries)."""
         route = state.policy.routes.classify(facts.method, facts.host, facts.path, facts.root_path)
-        # Keyed by peer and trusted forwarding headers, when the request is cacheable at all (see request/facts.py).
-        where_key = client_key(facts.peer, facts.forwarding) if facts.key is not None else None
-        packed = state.clients.get(where_key) if where_key is not None else None
-        seen = packed is not None
-        if packed is None:
-            client = locate_client(scope, facts.forwarding, state.proxies, state.locator, state.policy, self.warnings)
-            if where_key is not None:
-                state.clients.put(where_key, pack_client(client), 2 * len(where_key) + 80)
+        resolver = state.resolver
+        located = resolver.resolve(facts.peer, facts.forwarding) if resolver is not None else None
+        if located is not None:  # the native path: the client and its location in one call, nothing cached
+            network, facts_id, key, text = located
+            client: Client = (network, facts_id, None, state.policy.exempt_network(key), False, text)
         else:
-            client = unpack_client(packed)
+            client, seen = self.client(state, scope, facts)
+        if resolver is not None:  # known by request key (the native path keeps no client cache)
+            seen = facts.key is not None and state.seen(facts.key)
         network, facts_id, problem, exempt, broken, text = client
         location = state.locator.location(network, facts_id) if network is not None else None
         where = new_where((location, problem, exempt, broken, text, facts_id))
@@ -66,6 +65,19 @@ class Decider:
         private = privacy(facts.method, decision.export_class, state)
         plain = decision.allowed and not decision.reasons and decision.export_class not in state.record_allowed
         return new_front((route, where, decision, private, plain)), seen
+
+    def client(self, state: State, scope: Scope, facts: RequestFacts) -> tuple[Client, bool]:
+        """The Python steps to the client and its location (the reference): cached per peer and trusted
+        forwarding headers, when the request is cacheable at all (see request/facts.py); and whether it was
+        known."""
+        where_key = client_key(facts.peer, facts.forwarding) if facts.key is not None else None
+        packed = state.clients.get(where_key) if where_key is not None else None
+        if packed is not None:
+            return unpack_client(packed), True
+        client = locate_client(scope, facts.forwarding, state.proxies, state.locator, state.policy, self.warnings)
+        if where_key is not None:
+            state.clients.put(where_key, pack_client(client), 2 * len(where_key) + 80)
+        return client, False
 
     async def decide_request(
         self, state: State, scope: Scope, receive: Receive, front: Front

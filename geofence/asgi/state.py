@@ -8,11 +8,12 @@ here too: they belong to the readers and policy they were computed from.
 from __future__ import annotations
 
 import os
+from array import array
 from collections.abc import Callable, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
 from ..caches.bounded import BoundedCache
 from ..caches.budget import CacheBudget
@@ -77,6 +78,9 @@ new_where: Callable[[tuple[Any, ...]], Where] = partial(tuple.__new__, Where)
 new_front: Callable[[tuple[Any, ...]], Front] = partial(tuple.__new__, Front)
 
 
+_DOORKEEPER_SLOTS: Final = 1 << 16  # 512 KiB: request keys whose second request enters the front cache
+
+
 @dataclass
 class State:
     """Everything a request reads, built and validated together, swapped as one reference."""
@@ -106,6 +110,8 @@ class State:
     record_allowed: frozenset[str] = frozenset()
     """Classes whose allowed requests need a per-request look: audited, or denied when the audit trail fails."""
     health_path: str | None = None
+    resolver: Any = None
+    """The native client-and-location resolver (geofence/native), or None: the Python steps decide alone."""
     signature: tuple[Any, ...] = ()
     budget: CacheBudget = field(default_factory=CacheBudget)
     """``[cache] max_mb``, shared among the caches below (see caches/budget.py)."""
@@ -120,6 +126,8 @@ class State:
     stays short; a miss costs a client-cache hit and a few tuples."""
     peers: BoundedCache[str | None, bool] = field(init=False)
     admissions: int = 0
+    doorkeeper: array[int] = field(init=False)
+    """Request-key hashes by slot: what the native path admits to the front cache by (see :meth:`seen`)."""
     peer_trusted: Callable[[str | None], bool] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -129,6 +137,18 @@ class State:
         self.clients = budget.clients()
         self.front = budget.front()  # type: ignore[assignment]
         self.peers = BoundedCache(*budget.small(4096))
+        self.doorkeeper = array("q", bytes(8 * _DOORKEEPER_SLOTS)) if self.resolver is not None else array("q")
+
+    def seen(self, key: tuple[Any, ...]) -> bool:
+        """Whether request *key* came before (its hash is in its slot), remembering it: the native path keeps no
+        client cache to tell a known client by, and the front cache admits known ones only. Machine integers in
+        one fixed array: nothing grows with clients, nothing for the garbage collector to walk."""
+        digest = hash(key)
+        slot = digest & (_DOORKEEPER_SLOTS - 1)
+        if self.doorkeeper[slot] == digest:
+            return True
+        self.doorkeeper[slot] = digest
+        return False
 
     def admit(self) -> bool:
         """Whether a front-cache miss of a known client goes into the front cache. Always while there is room;
@@ -153,6 +173,13 @@ class State:
                     found = False
             self.peers.put(peer, found, len(peer or ""))
         return found
+
+
+def _resolver(locator: Locator, proxies: ProxyConfig) -> Any:
+    """The native resolver for these proxies: it walks X-Forwarded-For itself, and leaves any other
+    ``[proxies] header`` (and every request whose chain it does not answer) to the Python steps."""
+    walked = proxies.watched[0] if proxies.header == "x-forwarded-for" else None
+    return locator.native_trees(proxies.trusted, walked, proxies.max_header_bytes)
 
 
 def build_state(
@@ -197,6 +224,11 @@ def build_state(
         audited=_audited(policy, restricting),
         record_allowed=_record_allowed(policy, restricting),
         health_path=policy.health_path,
+        resolver=locator.native_trees(
+            proxies.trusted,
+            b"x-forwarded-for" if proxies.header == "x-forwarded-for" else None,
+            proxies.max_header_bytes,
+        ),
         signature=signature(path, policy),
         budget=budget,
     )

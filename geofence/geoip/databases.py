@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import mmap
 import os
 import re
 import shutil
@@ -20,6 +21,7 @@ import maxminddb
 from maxminddb.errors import InvalidDatabaseError
 
 from ..errors import DatabaseError
+from ..native import core
 from ..resources import data_path
 from .location import DatabaseInfo
 from .records import NO_FACTS, SCHEMAS, Facts, geoip2_key, schema_of_record, short
@@ -51,6 +53,7 @@ class GeoDatabase:
         "_extract",
         "_memo",
         "anonymizer_capable",
+        "buffer",
         "has_ipv4",
         "info",
         "infos",
@@ -59,8 +62,12 @@ class GeoDatabase:
         "reader",
     )
 
-    def __init__(self, reader: Any, info: DatabaseInfo, metadata: Any, has_ipv4: bool = True) -> None:
+    def __init__(
+        self, reader: Any, info: DatabaseInfo, metadata: Any, has_ipv4: bool = True, buffer: mmap.mmap | None = None
+    ) -> None:
         self.reader = reader
+        self.buffer = buffer
+        """The same bytes the reader reads (one inode, mapped once more), for the native tree walk; or None."""
         self.info = info
         self.infos = (info,)  # what a Location answered by this database alone lists, shared
         self.metadata = metadata
@@ -93,6 +100,12 @@ class GeoDatabase:
 
     def close(self) -> None:
         self.reader.close()
+        self.buffer = None  # the mapping ends with the last native tree that walks it
+
+
+def _map(fd: int) -> mmap.mmap | None:
+    """The file behind *fd*, mapped read-only for the native tree walk (None without the extension)."""
+    return mmap.mmap(fd, 0, prot=mmap.PROT_READ) if core is not None else None
 
 
 _missing_extension_warned = False
@@ -120,7 +133,19 @@ def _open_reader(path: str) -> Any:
     return maxminddb.open_database(path, maxminddb.MODE_AUTO)
 
 
-def _open_private_copy(path: str) -> Any:
+def _open_shared(path: str) -> tuple[Any, mmap.mmap | None]:
+    """``load = "mmap"``: the reader, and (for the native walk) the same inode mapped once more — through one
+    descriptor, so a rename between two opens can never pair one file's tree with another's records."""
+    if core is None or not os.path.isdir("/proc/self/fd"):
+        return _open_reader(path), None
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    try:
+        return _open_reader(f"/proc/self/fd/{fd}"), _map(fd)
+    finally:
+        os.close(fd)
+
+
+def _open_private_copy(path: str) -> tuple[Any, mmap.mmap | None]:
     """Open a private snapshot of *path*, so rewriting the file in place later cannot crash the process.
 
     Readers mmap the file: if an operator (or a cron job with ``cp`` or ``wget -O``) overwrites it in place,
@@ -132,13 +157,14 @@ def _open_private_copy(path: str) -> Any:
         try:
             with open(path, "rb") as src, os.fdopen(os.dup(fd), "wb") as dst:
                 shutil.copyfileobj(src, dst, 1 << 20)
-            return _open_reader(f"/proc/self/fd/{fd}")
+            return _open_reader(f"/proc/self/fd/{fd}"), _map(fd)
         finally:
-            os.close(fd)  # the reader's mapping keeps the memory alive
+            os.close(fd)  # the reader's mapping (and ours) keeps the memory alive
     with open(path, "rb") as source, tempfile.NamedTemporaryFile(prefix="geofence-", delete=False) as snapshot:
         shutil.copyfileobj(source, snapshot, 1 << 20)
     try:
-        return _open_reader(snapshot.name)
+        with open(snapshot.name, "rb") as mapped:
+            return _open_reader(snapshot.name), _map(mapped.fileno())
     finally:
         with contextlib.suppress(OSError):  # POSIX keeps the mapping; elsewhere the file stays until exit
             os.unlink(snapshot.name)
@@ -159,7 +185,7 @@ def open_database(path: str | os.PathLike[str], load: LoadMode = "copy") -> GeoD
     if not os.path.isfile(name):
         raise DatabaseError(f"{name}: no such database file")
     try:
-        reader = _open_private_copy(name) if load == "copy" else _open_reader(name)
+        reader, buffer = _open_private_copy(name) if load == "copy" else _open_shared(name)
         metadata = reader.metadata()
     except (InvalidDatabaseError, ValueError, OSError, UnicodeDecodeError) as exc:
         raise DatabaseError(f"{name}: not a readable MaxMind DB ({_one_line(exc)})") from None
@@ -184,7 +210,7 @@ def open_database(path: str | os.PathLike[str], load: LoadMode = "copy") -> GeoD
         reader.close()
         raise
     info = DatabaseInfo(path=name, type=kind, build_epoch=metadata.build_epoch, schema=schema)
-    return GeoDatabase(reader, info, metadata, has_ipv4)
+    return GeoDatabase(reader, info, metadata, has_ipv4, buffer)
 
 
 def _first_record(name: str, reader: Any) -> Any:

@@ -6,22 +6,26 @@ new Locator, which can never serve an entry computed from the old files.
 
 from __future__ import annotations
 
+import logging
 import operator
 import os
 import threading
 from collections.abc import Callable, Sequence
 from functools import partial
-from typing import Final, Self
+from typing import Any, Final, Self
 
 from maxminddb.errors import InvalidDatabaseError
 
 from ..caches.networks import NetworkCache
 from ..errors import DatabaseError, InvalidAddressError
-from ..network.addresses import address_key, format_network, key_address, special_range
+from ..native import core
+from ..network.addresses import SPECIAL_RANGES, address_key, format_network, key_address, special_range
 from .databases import Facts, GeoDatabase, LoadMode, default_database_path, open_database
 from .location import Anonymizer, Location
 
 __all__ = ["DEFAULT_CACHE_SIZE", "Locator"]
+
+log = logging.getLogger("geofence")
 
 DEFAULT_CACHE_SIZE: Final = 65_536
 """Networks kept in the cache (about 20 MB at the most with a country database)."""
@@ -38,7 +42,7 @@ class Locator:
     OR-ed. The merged network is the intersection of the databases' networks.
     """
 
-    __slots__ = ("_cache", "_databases", "_fact_ids", "_facts", "_interning")
+    __slots__ = ("_cache", "_databases", "_fact_ids", "_facts", "_interning", "_records", "_trees")
 
     def __init__(
         self,
@@ -71,6 +75,10 @@ class Locator:
         self._facts: list[tuple[object, ...]] = []
         self._fact_ids: dict[tuple[object, ...], int] = {}
         self._interning = threading.Lock()  # a new answer only: two threads must not take the same id
+        # The native walk (geofence/native): the tree walked in C, each distinct record (by its data offset, one
+        # per database) decoded once by the reader, here, and its facts id learnt. No cache per network.
+        self._records: dict[object, int] = {}
+        self._trees: Any = self.native_trees()
 
     @property
     def databases(self) -> tuple[GeoDatabase, ...]:
@@ -81,6 +89,23 @@ class Locator:
     def cached_networks(self) -> int:
         """How many networks the cache holds now."""
         return len(self._cache)
+
+    def native_trees(self, trusted: Sequence[tuple[int, int]] = (), header: bytes | None = None, limit: int = 0) -> Any:
+        """The native walker over these databases, sharing what this Locator learnt; with *trusted* proxies and
+        their *header* (X-Forwarded-For only), it also resolves a request's client. None without the extension
+        or without a database mapped for it."""
+        if core is None or any(db.buffer is None for db in self._databases):
+            return None
+        shapes = [
+            (db.buffer, db.metadata.node_count, db.metadata.record_size, db.ip_version, db.has_ipv4)
+            for db in self._databases
+        ]
+        return core.Trees(shapes, self._records, SPECIAL_RANGES, tuple(trusted), header, limit)
+
+    @property
+    def native(self) -> bool:
+        """Whether lookups walk the trees natively (see geofence/native)."""
+        return self._trees is not None
 
     def lookup(self, ip: str) -> Location:
         """The Location of the network holding *ip*.
@@ -100,6 +125,11 @@ class Locator:
         tracking them. Equal ids mean equal Locations but for the network, so anything computed from the facts
         alone (a decision) can be shared across networks. :meth:`location` builds the Location.
         *ipv4_text*: the canonical dotted quad of *key*, when the caller has it (saves formatting it)."""
+        trees = self._trees
+        if trees is not None:
+            found: tuple[str, int] | None = trees.locate(key)
+            if found is not None:
+                return found
         cached = self._cache.get(key)
         if cached is None:
             return self._resolve(key, ipv4_text)
@@ -158,11 +188,26 @@ class Locator:
         while (key & ~((1 << (128 - cached)) - 1)) < low or (key | ((1 << (128 - cached)) - 1)) > high:
             cached += 1
         self._cache.put(key, cached, f"{facts_id} {network}")
+        if self._trees is not None:
+            self._learn(key, network, facts_id)
         return network, facts_id
+
+    def _learn(self, key: int, network: str, facts_id: int) -> None:
+        """Teach the native walk the facts of the records that answered *key*. The walk's own answer for *key*
+        must then equal the reader's, or this Locator stops walking natively (and says so)."""
+        trees = self._trees
+        records = trees.records(key)
+        if records is None:
+            return
+        self._records[records] = facts_id
+        if trees.locate(key) != (network, facts_id):
+            self._trees = None
+            log.warning("geofence: the native tree walk disagreed with the reader at %s; using the reader", network)
 
     def close(self) -> None:
         """Close the database readers. Lookups after this raise :class:`DatabaseError`."""
         self._cache.clear()
+        self._trees = None
         for db in self._databases:
             db.close()
 

@@ -19,6 +19,7 @@ from typing import Final, NamedTuple
 from ..errors import InvalidAddressError
 
 __all__ = [
+    "SPECIAL_RANGES",
     "V4_BASE",
     "Address",
     "SpecialRange",
@@ -202,6 +203,8 @@ def _build_table() -> tuple[list[int], list[SpecialRange]]:
 
 
 _SPECIAL_FIRSTS, _SPECIAL = _build_table()
+SPECIAL_RANGES: Final = tuple((s.first, s.last) for s in _SPECIAL)
+"""Every key range :func:`special_range` answers from its table (for the native walk, which leaves them to it)."""
 
 
 def special_range(key: int) -> tuple[SpecialRange | None, int, int]:

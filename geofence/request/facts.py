@@ -17,11 +17,14 @@ from collections.abc import Callable, Mapping, MutableMapping
 from functools import partial
 from typing import Any, Final, NamedTuple
 
+from ..native import core
+
 __all__ = [
     "MAX_KEY_BYTES",
     "Refused",
     "RequestFacts",
     "read_request",
+    "reference_request_key",
     "request_key",
 ]
 
@@ -58,7 +61,7 @@ _NO_HEADERS: Final[Mapping[bytes, bytes]] = {}
 _new_facts: Final[Callable[[tuple[Any, ...]], RequestFacts]] = partial(tuple.__new__, RequestFacts)  # no Python __new__
 
 
-def request_key(
+def reference_request_key(
     scope: MutableMapping[str, Any],
     watched: frozenset[bytes],
     needs_host: bool,
@@ -105,6 +108,17 @@ def request_key(
     if size > MAX_KEY_BYTES or not trusted_peer(peer):
         return None, host, forwarding
     return (method, path, root_path, host, peer, header_key), host, forwarding
+
+
+request_key: Callable[
+    [MutableMapping[str, Any], frozenset[bytes], bool, Callable[[str | None], bool]],
+    tuple[tuple[Any, ...] | None, str, Mapping[bytes, bytes]],
+] = reference_request_key
+"""What the middleware calls: the native fast path when built (which hands the reference what it does not
+answer itself: header lists that are not tuples of bytes, odd types), else the reference."""
+if core is not None:
+    core.configure(_NO_HEADERS, Refused, reference_request_key)
+    request_key = core.request_key
 
 
 def read_request(

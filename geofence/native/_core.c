@@ -1,0 +1,624 @@
+/* geofence's native request path: the same answers as the Python reference, at a fraction of the cost.
+ *
+ * Three pieces, each a fast path that answers only the common, unambiguous case and returns None for
+ * everything else, so that the Python reference decides it (and words every error):
+ *   request_key()     the one pass over the headers (geofence/request/facts.py);
+ *   Trees.locate()    the MaxMind search-tree walk, keyed by the record's data offset
+ *                     (geofence/geoip/locator.py: the Python reader decodes each distinct record once);
+ *   Trees.resolve()   the client address (peer, or the X-Forwarded-For walk through trusted proxies,
+ *                     geofence/network/client_ip.py) and its location, in one call.
+ * tests/test_native.py holds every answer here to the reference's, on the suite's cases and a random corpus.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <arpa/inet.h>
+#include <stdint.h>
+#include <string.h>
+
+typedef unsigned __int128 u128;
+
+#define V4_BASE (((u128)0xFFFF) << 32)
+#define V4_MAX (V4_BASE | 0xFFFFFFFFu)
+
+static PyObject *no_headers;   /* the reference's shared empty mapping */
+static PyObject *refused;      /* geofence.request.facts.Refused */
+static PyObject *reference_key; /* geofence.request.facts.reference_request_key */
+static PyObject *str_headers, *str_client, *str_path, *str_root_path, *str_method, *str_websocket, *str_empty;
+
+/* ---------------------------------------------------------------------------------------------------------- */
+/* keys: Python int <-> u128                                                                                  */
+
+static PyObject *key_to_long(u128 key) {
+    if ((key >> 64) == 0) return PyLong_FromUnsignedLongLong((unsigned long long)key);
+    unsigned char bytes[16];
+    for (int i = 0; i < 16; i++) bytes[15 - i] = (unsigned char)(key >> (8 * i));
+    return _PyLong_FromByteArray(bytes, 16, 0, 0);
+}
+
+static int long_to_key(PyObject *value, u128 *key) {
+    if (!PyLong_Check(value)) { PyErr_SetString(PyExc_TypeError, "a key must be an int"); return -1; }
+    unsigned char bytes[16];
+    if (_PyLong_AsByteArray((PyLongObject *)value, bytes, 16, 0, 0) < 0) return -1;
+    u128 k = 0;
+    for (int i = 0; i < 16; i++) k = (k << 8) | bytes[i];
+    *key = k;
+    return 0;
+}
+
+/* An inclusive key range list, sorted or not: a handful of entries, scanned like ProxyConfig.is_trusted. */
+typedef struct { Py_ssize_t n; u128 *first, *last; } Ranges;
+
+static int ranges_from(PyObject *seq, Ranges *out) {
+    PyObject *fast = PySequence_Fast(seq, "ranges must be a sequence of (first, last)");
+    if (fast == NULL) return -1;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(fast);
+    out->n = n;
+    out->first = PyMem_Calloc(n ? n : 1, sizeof(u128));
+    out->last = PyMem_Calloc(n ? n : 1, sizeof(u128));
+    if (out->first == NULL || out->last == NULL) { Py_DECREF(fast); PyErr_NoMemory(); return -1; }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *pair = PySequence_Fast_GET_ITEM(fast, i);
+        if (!PyTuple_Check(pair) || PyTuple_GET_SIZE(pair) < 2) {
+            Py_DECREF(fast);
+            PyErr_SetString(PyExc_TypeError, "a range must be a tuple (first, last, ...)");
+            return -1;
+        }
+        if (long_to_key(PyTuple_GET_ITEM(pair, 0), &out->first[i]) < 0 ||
+            long_to_key(PyTuple_GET_ITEM(pair, 1), &out->last[i]) < 0) { Py_DECREF(fast); return -1; }
+    }
+    Py_DECREF(fast);
+    return 0;
+}
+
+static void ranges_free(Ranges *r) { PyMem_Free(r->first); PyMem_Free(r->last); r->first = r->last = NULL; r->n = 0; }
+
+static int in_ranges(const Ranges *r, u128 key) {
+    for (Py_ssize_t i = 0; i < r->n; i++)
+        if (r->first[i] <= key && key <= r->last[i]) return 1;
+    return 0;
+}
+
+/* ---------------------------------------------------------------------------------------------------------- */
+/* addresses (geofence/network/addresses.py: address_key)                                                    */
+
+/* The key of address text: inet_pton as the reference calls it, then 6to4 / NAT64 unwrapped. 0 on success;
+ * -1 when the text is not a plain address here (the reference then decides, and may still accept it). */
+static int parse_key(const char *text, Py_ssize_t len, u128 *key) {
+    char buf[64];
+    if (len <= 0 || len >= (Py_ssize_t)sizeof(buf)) return -1;
+    int colon = 0;
+    for (Py_ssize_t i = 0; i < len; i++) {
+        char c = text[i];
+        if (c == ':') colon = 1;
+        else if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F') || c == '.')) return -1;
+    }
+    memcpy(buf, text, len);
+    buf[len] = 0;
+    if (!colon) {
+        unsigned char v4[4];
+        if (inet_pton(AF_INET, buf, v4) != 1) return -1;
+        *key = V4_BASE | ((u128)v4[0] << 24) | ((u128)v4[1] << 16) | ((u128)v4[2] << 8) | v4[3];
+        return 0;
+    }
+    unsigned char v6[16];
+    if (inet_pton(AF_INET6, buf, v6) != 1) return -1;
+    u128 k = 0;
+    for (int i = 0; i < 16; i++) k = (k << 8) | v6[i];
+    if ((k >> 112) == 0x2002) k = V4_BASE | ((k >> 80) & 0xFFFFFFFFu);
+    else if ((k >> 32) == (((u128)0x64FF9B) << 64)) k = V4_BASE | (k & 0xFFFFFFFFu);
+    *key = k;
+    return 0;
+}
+
+/* CIDR text of the network of *prefix* bits holding *key* (addresses.format_network). */
+static PyObject *format_network(u128 key, int prefix) {
+    char text[INET6_ADDRSTRLEN + 8];
+    if (prefix >= 96 && key >= V4_BASE && key <= V4_MAX) {
+        int bits = prefix - 96;
+        uint32_t v4 = (uint32_t)key, mask = bits ? (uint32_t)(0xFFFFFFFFu << (32 - bits)) : 0;
+        v4 &= mask;
+        unsigned char b[4] = {(unsigned char)(v4 >> 24), (unsigned char)(v4 >> 16), (unsigned char)(v4 >> 8),
+                              (unsigned char)v4};
+        if (inet_ntop(AF_INET, b, text, sizeof(text)) == NULL) return NULL;
+        size_t n = strlen(text);
+        snprintf(text + n, sizeof(text) - n, "/%d", bits);
+        return PyUnicode_FromString(text);
+    }
+    u128 start = prefix == 0 ? 0 : key & ~((prefix >= 128 ? (u128)0 : (((u128)1 << (128 - prefix)) - 1)));
+    unsigned char b[16];
+    for (int i = 0; i < 16; i++) b[15 - i] = (unsigned char)(start >> (8 * i));
+    if (inet_ntop(AF_INET6, b, text, sizeof(text)) == NULL) return NULL;
+    size_t n = strlen(text);
+    snprintf(text + n, sizeof(text) - n, "/%d", prefix);
+    return PyUnicode_FromString(text);
+}
+
+/* ---------------------------------------------------------------------------------------------------------- */
+/* request_key (geofence/request/facts.py)                                                                   */
+
+static PyObject *fast_key(PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 4) { PyErr_SetString(PyExc_TypeError, "request_key(scope, watched, needs_host, trusted_peer)"); return NULL; }
+    PyObject *scope = args[0], *watched = args[1], *trusted_peer = args[3];
+    int needs_host = PyObject_IsTrue(args[2]);
+    if (!PyDict_Check(scope) || !PyFrozenSet_Check(watched)) Py_RETURN_NONE;
+    PyObject *headers = PyDict_GetItemWithError(scope, str_headers);
+    if (headers == NULL || !(PyList_Check(headers) || PyTuple_Check(headers))) {
+        if (PyErr_Occurred()) return NULL;
+        Py_RETURN_NONE;  /* not a list: the reference iterates whatever it is */
+    }
+    PyObject *forwarding = NULL, *host = NULL, *result = NULL;
+    int seen_host = 0;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(headers);
+    PyObject **items = PySequence_Fast_ITEMS(headers);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *pair = items[i];
+        if (!PyTuple_Check(pair) || PyTuple_GET_SIZE(pair) != 2 || !PyBytes_Check(PyTuple_GET_ITEM(pair, 0)) ||
+            !PyBytes_Check(PyTuple_GET_ITEM(pair, 1))) {
+            Py_XDECREF(forwarding); Py_XDECREF(host);
+            Py_RETURN_NONE;  /* lists, bytearrays...: the reference's unpacking decides */
+        }
+        PyObject *name = PyTuple_GET_ITEM(pair, 0), *value = PyTuple_GET_ITEM(pair, 1);
+        int hit = PySet_Contains(watched, name);
+        if (hit < 0) goto fail;
+        if (hit) {
+            if (forwarding == NULL && (forwarding = PyDict_New()) == NULL) goto fail;
+            PyObject *previous = PyDict_GetItemWithError(forwarding, name);
+            if (previous == NULL) {
+                if (PyErr_Occurred() || PyDict_SetItem(forwarding, name, value) < 0) goto fail;
+            } else {
+                Py_ssize_t a = PyBytes_GET_SIZE(previous), b = PyBytes_GET_SIZE(value);
+                PyObject *joined = PyBytes_FromStringAndSize(NULL, a + 1 + b);
+                if (joined == NULL) goto fail;
+                char *out = PyBytes_AS_STRING(joined);
+                memcpy(out, PyBytes_AS_STRING(previous), a);
+                out[a] = ',';
+                memcpy(out + a + 1, PyBytes_AS_STRING(value), b);
+                int rc = PyDict_SetItem(forwarding, name, joined);
+                Py_DECREF(joined);
+                if (rc < 0) goto fail;
+            }
+        } else if (needs_host && PyBytes_GET_SIZE(name) == 4 && memcmp(PyBytes_AS_STRING(name), "host", 4) == 0) {
+            if (seen_host) {
+                PyErr_SetString(refused, "the request has more than one Host header");
+                goto fail;
+            }
+            seen_host = 1;
+            host = PyUnicode_DecodeLatin1(PyBytes_AS_STRING(value), PyBytes_GET_SIZE(value), NULL);
+            if (host == NULL) goto fail;
+        }
+    }
+    if (host == NULL) { host = str_empty; Py_INCREF(host); }
+    if (needs_host && PyUnicode_GET_LENGTH(host) == 0) {
+        PyErr_SetString(refused, "the request has no (or an empty) Host header, and the policy has host rules");
+        goto fail;
+    }
+    PyObject *client = PyDict_GetItemWithError(scope, str_client);  /* borrowed */
+    if (client == NULL && PyErr_Occurred()) goto fail;
+    PyObject *peer;
+    if (client == NULL || client == Py_None || !PyObject_IsTrue(client)) {
+        peer = Py_None; Py_INCREF(peer);
+    } else if ((peer = PySequence_GetItem(client, 0)) == NULL) goto fail;
+    PyObject *path = PyDict_GetItemWithError(scope, str_path);
+    if (path == NULL) {
+        if (!PyErr_Occurred()) PyErr_SetObject(PyExc_KeyError, str_path);
+        Py_DECREF(peer);
+        goto fail;
+    }
+    PyObject *root_path = PyDict_GetItemWithError(scope, str_root_path);
+    if (root_path == NULL) { if (PyErr_Occurred()) { Py_DECREF(peer); goto fail; } root_path = str_empty; }
+    PyObject *method = PyDict_GetItemWithError(scope, str_method);
+    if (method == NULL && PyErr_Occurred()) { Py_DECREF(peer); goto fail; }
+    if (method == NULL || method == Py_None || !PyObject_IsTrue(method)) method = str_websocket;
+    if (!PyUnicode_Check(method) || !PyUnicode_Check(path) || !PyUnicode_Check(root_path)) {
+        Py_DECREF(peer); Py_XDECREF(forwarding); Py_DECREF(host);
+        Py_RETURN_NONE;  /* the reference's len() and key decide odd types */
+    }
+    Py_ssize_t size = PyUnicode_GET_LENGTH(method) + PyUnicode_GET_LENGTH(path) + PyUnicode_GET_LENGTH(host) +
+                      PyUnicode_GET_LENGTH(root_path);
+    if (forwarding == NULL) {
+        PyObject *key = size > 2048 ? (Py_INCREF(Py_None), Py_None)
+                                    : PyTuple_Pack(5, method, path, root_path, host, peer);
+        if (key != NULL) result = PyTuple_Pack(3, key, host, no_headers);
+        Py_XDECREF(key);
+        Py_DECREF(peer); Py_DECREF(host);
+        return result;
+    }
+    PyObject *header_key = NULL;
+    if (PyDict_GET_SIZE(forwarding) == 1) {
+        PyObject *k, *v;
+        Py_ssize_t pos = 0;
+        PyDict_Next(forwarding, &pos, &k, &v);
+        PyObject *item = PyTuple_Pack(2, k, v);
+        if (item != NULL) { header_key = PyTuple_Pack(1, item); Py_DECREF(item); }
+        size += PyBytes_GET_SIZE(v);
+    } else {
+        PyObject *list = PyDict_Items(forwarding);
+        if (list != NULL && PyList_Sort(list) == 0) header_key = PyList_AsTuple(list);
+        Py_XDECREF(list);
+        PyObject *k, *v;
+        Py_ssize_t pos = 0;
+        while (PyDict_Next(forwarding, &pos, &k, &v)) size += PyBytes_GET_SIZE(v);
+    }
+    if (header_key == NULL) { Py_DECREF(peer); goto fail; }
+    int trusted = 0;
+    if (size <= 2048) {
+        PyObject *answer = PyObject_CallOneArg(trusted_peer, peer);
+        if (answer == NULL) { Py_DECREF(header_key); Py_DECREF(peer); goto fail; }
+        trusted = PyObject_IsTrue(answer);
+        Py_DECREF(answer);
+        if (trusted < 0) { Py_DECREF(header_key); Py_DECREF(peer); goto fail; }
+    }
+    PyObject *key = trusted ? PyTuple_Pack(6, method, path, root_path, host, peer, header_key)
+                            : (Py_INCREF(Py_None), Py_None);
+    if (key != NULL) result = PyTuple_Pack(3, key, host, forwarding);
+    Py_XDECREF(key);
+    Py_DECREF(header_key); Py_DECREF(peer); Py_DECREF(host); Py_DECREF(forwarding);
+    return result;
+fail:
+    Py_XDECREF(forwarding);
+    Py_XDECREF(host);
+    return NULL;
+}
+
+/* request_key(...): the fast path, else the Python reference with the same arguments. */
+static PyObject *request_key(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    PyObject *found = fast_key(args, nargs);
+    if (found != Py_None || reference_key == NULL) return found;
+    Py_DECREF(found);
+    return PyObject_Vectorcall(reference_key, args, (size_t)nargs, NULL);
+}
+
+/* ---------------------------------------------------------------------------------------------------------- */
+/* Trees: MaxMind-format search trees, walked here; records decoded by the Python reader once per offset.     */
+
+typedef struct {
+    Py_buffer view;
+    const unsigned char *tree;
+    uint32_t node_count, record_size, ip_version, has_ipv4;
+    size_t data_size;
+    uint32_t v4_start;  /* the node after 96 zero bits (IPv6 trees), as libmaxminddb keeps it */
+    int v4_depth;
+} Tree;
+
+typedef struct {
+    PyObject_HEAD
+    Py_ssize_t n;
+    Tree *trees;
+    PyObject *facts;   /* records key (offset, or tuple of offsets) -> facts id, learnt by the Locator */
+    Ranges special;    /* special-purpose ranges: never answered here */
+    Ranges trusted;    /* [proxies] trusted */
+    PyObject *header;  /* b"x-forwarded-for" when that is [proxies] header, else None (no walk here) */
+    Py_ssize_t max_header_bytes;
+} TreesObject;
+
+static inline uint32_t record_at(const Tree *t, uint32_t node, int bit) {
+    const unsigned char *p;
+    switch (t->record_size) {
+    case 24:
+        p = t->tree + (size_t)node * 6 + (bit ? 3 : 0);
+        return ((uint32_t)p[0] << 16) | ((uint32_t)p[1] << 8) | p[2];
+    case 28:
+        p = t->tree + (size_t)node * 7;
+        if (bit) return (((uint32_t)p[3] & 0x0F) << 24) | ((uint32_t)p[4] << 16) | ((uint32_t)p[5] << 8) | p[6];
+        return (((uint32_t)p[3] & 0xF0) << 20) | ((uint32_t)p[0] << 16) | ((uint32_t)p[1] << 8) | p[2];
+    default:
+        p = t->tree + (size_t)node * 8 + (bit ? 4 : 0);
+        return ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) | ((uint32_t)p[2] << 8) | p[3];
+    }
+}
+
+/* Walk *t* for *key*. 1: found a record at *offset* (-1: no record) with the reference's prefix in *prefix*
+ * (128-bit space); 0: this database is not asked (family); -1: the tree is not what it claims (the Python
+ * reader then reports the corruption). */
+static int walk(const Tree *t, u128 key, int v4, long long *offset, int *prefix) {
+    uint32_t node;
+    int depth, bits;
+    if (v4) {
+        if (!t->has_ipv4) return 0;
+        if (t->ip_version == 4) { node = 0; depth = 0; }
+        else { node = t->v4_start; depth = t->v4_depth; }
+        bits = 32;
+    } else {
+        if (t->ip_version == 4) return 0;
+        node = 0; depth = 0; bits = 128;
+    }
+    int i = 0;
+    while (node < t->node_count && i < bits) {
+        node = record_at(t, node, (int)((key >> (bits - 1 - i)) & 1));
+        i++;
+    }
+    if (node < t->node_count) return -1;
+    int netmask = depth + i;
+    if (node == t->node_count) *offset = -1;
+    else {
+        uint64_t off = (uint64_t)node - t->node_count - 16;
+        if ((uint64_t)node - t->node_count < 16 || off >= t->data_size) return -1;
+        *offset = (long long)off;
+    }
+    /* locator.py: length = max(reader prefix, 0) + 96 for IPv4, the reader giving IPv4's own prefix */
+    if (v4) *prefix = t->ip_version == 4 ? netmask + 96 : (netmask >= 96 ? netmask : 96);
+    else *prefix = netmask;
+    return 1;
+}
+
+/* The records key and prefix of *key*, or NULL with no error set when the reference must answer. */
+static PyObject *records_key(TreesObject *self, u128 key, int *prefix) {
+    if (in_ranges(&self->special, key)) return NULL;
+    int v4 = key >= V4_BASE && key <= V4_MAX;
+    *prefix = 0;
+    PyObject *parts = self->n == 1 ? NULL : PyTuple_New(self->n);
+    if (self->n != 1 && parts == NULL) return NULL;
+    PyObject *single = NULL;
+    for (Py_ssize_t i = 0; i < self->n; i++) {
+        long long offset = -2;
+        int length = 0, rc = walk(&self->trees[i], key, v4, &offset, &length);
+        if (rc < 0) { Py_XDECREF(parts); return NULL; }
+        if (rc > 0 && length > *prefix) *prefix = length;
+        PyObject *part = PyLong_FromLongLong(offset);  /* -2: not asked, -1: no record */
+        if (part == NULL) { Py_XDECREF(parts); return NULL; }
+        if (parts == NULL) single = part;
+        else PyTuple_SET_ITEM(parts, i, part);
+    }
+    return parts == NULL ? single : parts;
+}
+
+/* (network, facts id) of *key* from what the Locator has learnt, or None (a new record, a special range). */
+static PyObject *locate_key(TreesObject *self, u128 key) {
+    int prefix;
+    PyObject *records = records_key(self, key, &prefix);
+    if (records == NULL) { if (PyErr_Occurred()) return NULL; Py_RETURN_NONE; }
+    PyObject *facts_id = PyDict_GetItemWithError(self->facts, records);
+    Py_DECREF(records);
+    if (facts_id == NULL) { if (PyErr_Occurred()) return NULL; Py_RETURN_NONE; }
+    PyObject *network = format_network(key, prefix);
+    if (network == NULL) return NULL;
+    PyObject *result = PyTuple_Pack(2, network, facts_id);
+    Py_DECREF(network);
+    return result;
+}
+
+/* An address key from the caller, or 0 (no error set) for anything else: the reference then refuses it. */
+static int given_key(PyObject *arg, u128 *key) {
+    if (!PyLong_CheckExact(arg)) return 0;
+    if (long_to_key(arg, key) < 0) { PyErr_Clear(); return 0; }  /* negative, or past 128 bits */
+    return 1;
+}
+
+static PyObject *Trees_locate(TreesObject *self, PyObject *arg) {
+    u128 key;
+    if (!given_key(arg, &key)) Py_RETURN_NONE;
+    return locate_key(self, key);
+}
+
+static PyObject *Trees_records(TreesObject *self, PyObject *arg) {
+    u128 key;
+    int prefix;
+    if (!given_key(arg, &key)) Py_RETURN_NONE;
+    PyObject *records = records_key(self, key, &prefix);
+    if (records == NULL) { if (PyErr_Occurred()) return NULL; Py_RETURN_NONE; }
+    return records;
+}
+
+static const char *as_text(PyObject *s, Py_ssize_t *len) {
+    if (!PyUnicode_Check(s) || !PyUnicode_IS_ASCII(s)) return NULL;
+    *len = PyUnicode_GET_LENGTH(s);
+    return (const char *)PyUnicode_DATA(s);
+}
+
+/* The client a trusted proxy names in X-Forwarded-For (client_ip._walk), or 0 when the reference must
+ * answer: anything but plain addresses (and IPv4:port) separated by commas and spaces. */
+static int walk_xff(TreesObject *self, const char *value, Py_ssize_t len, u128 *key, Py_ssize_t *node_at,
+                    Py_ssize_t *node_len) {
+    Py_ssize_t end = len;
+    int found = 0;
+    while (end > 0) {
+        Py_ssize_t start = end;
+        while (start > 0 && value[start - 1] != ',') start--;
+        Py_ssize_t a = start, b = end;
+        while (a < b && (value[a] == ' ' || value[a] == '\t')) a++;
+        while (b > a && (value[b - 1] == ' ' || value[b - 1] == '\t')) b--;
+        end = start > 0 ? start - 1 : 0;
+        if (a == b) {
+            if (start == 0) break;
+            continue;  /* empty elements are dropped */
+        }
+        Py_ssize_t host_len = b - a;
+        int colons = 0;
+        Py_ssize_t colon_at = -1;
+        for (Py_ssize_t i = a; i < b; i++) {
+            unsigned char c = (unsigned char)value[i];
+            if (c == ':') { colons++; if (colon_at < 0) colon_at = i; }
+            else if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F') || c == '.'))
+                return 0;  /* brackets, "unknown", obfuscated nodes, whitespace other than space/tab... */
+        }
+        if (colons == 1) {
+            Py_ssize_t digits = b - colon_at - 1;
+            if (digits < 1 || digits > 5) return 0;
+            for (Py_ssize_t i = colon_at + 1; i < b; i++) if (value[i] < '0' || value[i] > '9') return 0;
+            host_len = colon_at - a;
+        }
+        u128 k;
+        if (parse_key(value + a, host_len, &k) < 0) return 0;
+        *key = k; *node_at = a; *node_len = b - a;
+        found = 1;
+        if (!in_ranges(&self->trusted, k)) return 1;
+        if (start == 0) break;
+    }
+    return found;  /* every hop a trusted proxy: the leftmost started it */
+}
+
+/* resolve(peer, forwarding) -> (network, facts id, client key, client text) or None: the client address and
+ * its location in one call, for the cases the reference would answer without a problem. */
+static PyObject *Trees_resolve(TreesObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 2) { PyErr_SetString(PyExc_TypeError, "resolve(peer, forwarding)"); return NULL; }
+    PyObject *peer = args[0], *forwarding = args[1];
+    Py_ssize_t len;
+    const char *text = peer == Py_None ? NULL : as_text(peer, &len);
+    u128 key;
+    if (text == NULL || memchr(text, '%', len) != NULL || parse_key(text, len, &key) < 0) Py_RETURN_NONE;
+    Py_ssize_t forwarded = PyDict_Check(forwarding) ? PyDict_GET_SIZE(forwarding) : -1;
+    if (forwarded < 0) Py_RETURN_NONE;
+    PyObject *client_text = peer;
+    Py_INCREF(client_text);
+    if (in_ranges(&self->trusted, key)) {
+        PyObject *value = self->header == Py_None ? NULL : PyDict_GetItemWithError(forwarding, self->header);
+        if (value == NULL || !PyBytes_Check(value) || PyBytes_GET_SIZE(value) > self->max_header_bytes) {
+            Py_DECREF(client_text);
+            if (PyErr_Occurred()) return NULL;
+            Py_RETURN_NONE;  /* no header, another header, too long: the reference words the broken chain */
+        }
+        Py_ssize_t at, n;
+        if (!walk_xff(self, PyBytes_AS_STRING(value), PyBytes_GET_SIZE(value), &key, &at, &n)) {
+            Py_DECREF(client_text);
+            Py_RETURN_NONE;
+        }
+        Py_DECREF(client_text);
+        client_text = PyUnicode_DecodeLatin1(PyBytes_AS_STRING(value) + at, n, NULL);
+        if (client_text == NULL) return NULL;
+    } else if (forwarded > 0) {
+        Py_DECREF(client_text);
+        Py_RETURN_NONE;  /* an untrusted peer with forwarding headers: the reference checks for a server rewrite */
+    }
+    PyObject *located = locate_key(self, key);
+    if (located == NULL || located == Py_None) { Py_DECREF(client_text); return located; }
+    PyObject *key_obj = key_to_long(key);
+    PyObject *result = key_obj == NULL ? NULL
+        : PyTuple_Pack(4, PyTuple_GET_ITEM(located, 0), PyTuple_GET_ITEM(located, 1), key_obj, client_text);
+    Py_XDECREF(key_obj);
+    Py_DECREF(located);
+    Py_DECREF(client_text);
+    return result;
+}
+
+static void Trees_dealloc(TreesObject *self) {
+    for (Py_ssize_t i = 0; i < self->n; i++)
+        if (self->trees[i].view.obj != NULL) PyBuffer_Release(&self->trees[i].view);
+    PyMem_Free(self->trees);
+    ranges_free(&self->special);
+    ranges_free(&self->trusted);
+    Py_XDECREF(self->facts);
+    Py_XDECREF(self->header);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+/* Trees(databases, facts, special, trusted, header, max_header_bytes); databases: a sequence of
+ * (buffer, node_count, record_size, ip_version, has_ipv4), highest priority first. */
+static PyObject *Trees_new(PyTypeObject *type, PyObject *args, PyObject *kwargs) {
+    PyObject *dbs, *facts, *special, *trusted, *header;
+    Py_ssize_t max_header_bytes;
+    if (!PyArg_ParseTuple(args, "OO!OOOn", &dbs, &PyDict_Type, &facts, &special, &trusted, &header,
+                          &max_header_bytes))
+        return NULL;
+    TreesObject *self = (TreesObject *)type->tp_alloc(type, 0);
+    if (self == NULL) return NULL;
+    Py_INCREF(facts); self->facts = facts;
+    Py_INCREF(header); self->header = header;
+    self->max_header_bytes = max_header_bytes;
+    if (header != Py_None && !PyBytes_Check(header)) { PyErr_SetString(PyExc_TypeError, "header: bytes or None"); goto fail; }
+    if (ranges_from(special, &self->special) < 0 || ranges_from(trusted, &self->trusted) < 0) goto fail;
+    PyObject *fast = PySequence_Fast(dbs, "databases must be a sequence");
+    if (fast == NULL) goto fail;
+    self->n = PySequence_Fast_GET_SIZE(fast);
+    self->trees = PyMem_Calloc(self->n ? self->n : 1, sizeof(Tree));
+    if (self->trees == NULL) { Py_DECREF(fast); PyErr_NoMemory(); goto fail; }
+    for (Py_ssize_t i = 0; i < self->n; i++) {
+        Tree *t = &self->trees[i];
+        PyObject *buffer;
+        unsigned int node_count, record_size, ip_version;
+        int has_ipv4;
+        if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(fast, i), "OIIIp", &buffer, &node_count, &record_size,
+                              &ip_version, &has_ipv4) ||
+            PyObject_GetBuffer(buffer, &t->view, PyBUF_SIMPLE) < 0) { Py_DECREF(fast); goto fail; }
+        size_t tree_size = (size_t)record_size * 2 / 8 * node_count;
+        if ((record_size != 24 && record_size != 28 && record_size != 32) || (ip_version != 4 && ip_version != 6) ||
+            node_count == 0 || tree_size + 16 > (size_t)t->view.len) {
+            Py_DECREF(fast);
+            PyErr_SetString(PyExc_ValueError, "not a MaxMind search tree of that shape");
+            goto fail;
+        }
+        t->tree = t->view.buf;
+        t->node_count = node_count; t->record_size = record_size; t->ip_version = ip_version;
+        t->has_ipv4 = (uint32_t)has_ipv4;
+        t->data_size = (size_t)t->view.len - tree_size - 16;
+        uint32_t node = 0;
+        int depth = 0;
+        if (ip_version == 6)
+            while (depth < 96 && node < node_count) { node = record_at(t, node, 0); depth++; }
+        t->v4_start = node; t->v4_depth = depth;
+    }
+    Py_DECREF(fast);
+    return (PyObject *)self;
+fail:
+    Py_DECREF(self);
+    return NULL;
+}
+
+static PyMethodDef Trees_methods[] = {
+    {"locate", (PyCFunction)Trees_locate, METH_O, "(network, facts id) of an address key, or None."},
+    {"records", (PyCFunction)Trees_records, METH_O, "The records key of an address key (what facts are learnt by)."},
+    {"resolve", (PyCFunction)(void (*)(void))Trees_resolve, METH_FASTCALL,
+     "(network, facts id, key, text) of a request's client, or None."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject TreesType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "geofence.native._core.Trees",
+    .tp_basicsize = sizeof(TreesObject),
+    .tp_dealloc = (destructor)Trees_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "MaxMind search trees and trusted proxies, for the request path.",
+    .tp_methods = Trees_methods,
+    .tp_new = Trees_new,
+};
+
+/* ---------------------------------------------------------------------------------------------------------- */
+
+static PyObject *configure(PyObject *module, PyObject *args) {
+    PyObject *empty, *exc, *reference;
+    if (!PyArg_ParseTuple(args, "O!OO", &PyDict_Type, &empty, &exc, &reference)) return NULL;
+    Py_INCREF(empty); Py_XSETREF(no_headers, empty);
+    Py_INCREF(exc); Py_XSETREF(refused, exc);
+    Py_INCREF(reference); Py_XSETREF(reference_key, reference);
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_format_network(PyObject *module, PyObject *args) {
+    PyObject *key_obj;
+    int prefix;
+    u128 key;
+    if (!PyArg_ParseTuple(args, "Oi", &key_obj, &prefix) || long_to_key(key_obj, &key) < 0) return NULL;
+    if (prefix < 0 || prefix > 128) { PyErr_SetString(PyExc_ValueError, "prefix out of range"); return NULL; }
+    return format_network(key, prefix);
+}
+
+static PyMethodDef methods[] = {
+    {"configure", configure, METH_VARARGS, "configure(no_headers, Refused, reference_request_key): the reference's objects."},
+    {"request_key", (PyCFunction)(void (*)(void))request_key, METH_FASTCALL,
+     "request_key(scope, watched, needs_host, trusted_peer): as geofence.request.facts."},
+    {"format_network", py_format_network, METH_VARARGS, "CIDR text of the network of prefix bits holding key."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module_def = {
+    PyModuleDef_HEAD_INIT, .m_name = "_core", .m_doc = "geofence's native request path.", .m_size = -1,
+    .m_methods = methods,
+};
+
+PyMODINIT_FUNC PyInit__core(void) {
+    if (PyType_Ready(&TreesType) < 0) return NULL;
+    PyObject *m = PyModule_Create(&module_def);
+    if (m == NULL) return NULL;
+    str_headers = PyUnicode_InternFromString("headers");
+    str_client = PyUnicode_InternFromString("client");
+    str_path = PyUnicode_InternFromString("path");
+    str_root_path = PyUnicode_InternFromString("root_path");
+    str_method = PyUnicode_InternFromString("method");
+    str_websocket = PyUnicode_InternFromString("WEBSOCKET");
+    str_empty = PyUnicode_InternFromString("");
+    no_headers = PyDict_New();
+    refused = PyExc_ValueError; Py_INCREF(refused);
+    Py_INCREF(&TreesType);
+    if (PyModule_AddObject(m, "Trees", (PyObject *)&TreesType) < 0) return NULL;
+    return m;
+}

@@ -1,0 +1,319 @@
+"""The native request path (geofence/native/_core.c) against the Python reference: the same answers, always.
+
+Each native piece answers only the plain cases and hands the rest to the reference, so every test here is
+one question: where the native side answers, is its answer the reference's? On a random corpus (addresses,
+forwarding chains, header lists, whole requests through the middleware: over 100,000 cases in all), on
+MaxMind's own test databases, and on broken trees and random bytes, which must never crash it. The whole
+suite also runs once more with ``GEOFENCE_NATIVE=0`` (``make test``), so every other test holds both paths.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import random
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import geofence.asgi.middleware as middleware_module
+from geofence import GeofenceMiddleware
+from geofence.asgi.where import ChainWarnings, locate_client
+from geofence.errors import DatabaseError
+from geofence.geoip.locator import Locator
+from geofence.native import core, describe
+from geofence.network.addresses import SPECIAL_RANGES, V4_BASE, address_key, format_network
+from geofence.request.facts import Refused, reference_request_key
+
+from .conftest import MAXMIND_TESTDATA
+from .test_middleware import Recorder, anyio_backend, policy, send  # noqa: F401 (the anyio fixture)
+
+pytestmark = pytest.mark.skipif(core is None, reason=f"no native extension: {describe()}")
+
+SEED = int(os.environ.get("GEOFENCE_NATIVE_SEED", "20261207"))
+
+
+def test_the_extension_was_built_where_it_can_be() -> None:
+    """Every machine of this project has a C compiler: a missing extension is a broken install, not a skip."""
+    if os.environ.get("GEOFENCE_NATIVE") == "0" or os.environ.get("GEOFENCE_NATIVE_OPTIONAL") == "1":
+        pytest.skip("the reference path was asked for")
+    assert core is not None, describe()
+
+
+def reference(locator: Locator) -> Locator:
+    """*locator* with its native walk switched off: the Python reference alone."""
+    locator._trees = None
+    return locator
+
+
+# --- addresses -> location -------------------------------------------------------------------------------
+
+
+def addresses(rnd: random.Random, n: int) -> Iterator[str]:
+    """Random addresses of every kind the reference treats specially: IPv4, IPv6, IPv4-mapped, 6to4, NAT64,
+    special-purpose ranges, the edges of the key space."""
+    edges = ["0.0.0.0", "255.255.255.255", "::", "::1", "::ffff:0:0", "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff"]
+    for i in range(n):
+        kind = rnd.randrange(8)
+        v4 = ".".join(str(rnd.randrange(256)) for _ in range(4))
+        if i < len(edges):
+            yield edges[i]
+        elif kind < 3:
+            yield v4
+        elif kind == 3:
+            yield ":".join(f"{rnd.randrange(65536):x}" for _ in range(8))
+        elif kind == 4:
+            yield f"2{rnd.randrange(4096):03x}:{rnd.randrange(65536):x}::{rnd.randrange(65536):x}"
+        elif kind == 5:
+            yield rnd.choice(
+                [f"::ffff:{v4}", f"64:ff9b::{v4}", f"2002:{rnd.randrange(65536):x}:{rnd.randrange(65536):x}::1"]
+            )
+        elif kind == 6:
+            first, last = rnd.choice(SPECIAL_RANGES)
+            key = rnd.randrange(first, last + 1)
+            yield (
+                format_network(key, 128).split("/")[0]
+                if not V4_BASE <= key <= V4_BASE + 0xFFFFFFFF
+                else (".".join(str((key >> s) & 255) for s in (24, 16, 8, 0)))
+            )
+        else:
+            yield f"2001:db8:{rnd.randrange(65536):x}::{rnd.randrange(65536):x}"
+
+
+def same_lookups(databases: list[Path], n: int, load: str = "copy") -> int:
+    native = Locator(databases, load=load)  # type: ignore[arg-type]
+    plain = reference(Locator(databases, load=load))  # type: ignore[arg-type]
+    assert native.native, "every configured database is mapped for the native walk"
+    rnd = random.Random(SEED)
+    mismatches = []
+    for ip in addresses(rnd, n):
+        try:
+            expected: Any = plain.lookup(ip)
+        except DatabaseError as exc:
+            expected = ("error", str(exc))
+        try:
+            found: Any = native.lookup(ip)
+        except DatabaseError as exc:
+            found = ("error", str(exc))
+        if found != expected:
+            mismatches.append((ip, found, expected))
+    assert native.native, "the walk never disagreed with the reader (a disagreement switches it off)"
+    assert mismatches[:5] == []
+    native.close()
+    plain.close()
+    return n
+
+
+def test_lookups_match_the_reference_on_the_bundled_database() -> None:
+    from geofence import default_database_path
+
+    assert same_lookups([default_database_path()], 40_000) == 40_000
+
+
+@pytest.mark.parametrize("load", ["copy", "mmap"])
+def test_lookups_match_with_several_databases_and_both_load_modes(
+    country_db: Path, city_db: Path, anonymous_db: Path, load: str
+) -> None:
+    same_lookups([country_db, city_db, anonymous_db], 10_000, load)
+
+
+MAXMIND = ["GeoIP2-City-Test", "GeoIP2-Country-Test", "GeoIP2-Enterprise-Test", "GeoLite2-City-Test",
+           "GeoIP2-Anonymous-IP-Test", "GeoIP-Anonymous-Plus-Test"]  # fmt: skip
+
+
+@pytest.mark.parametrize("name", MAXMIND)
+def test_lookups_match_on_maxminds_test_databases(name: str) -> None:
+    path = MAXMIND_TESTDATA / f"{name}.mmdb"
+    if not path.is_file():
+        pytest.skip(f"{path} absent (MaxMind's test data beside the checkout)")
+    same_lookups([path], 5_000)
+
+
+def test_a_closed_locator_still_refuses_lookups(country_db: Path) -> None:
+    locator = Locator([country_db])
+    locator.lookup("8.8.8.8")
+    locator.close()
+    with pytest.raises(DatabaseError):
+        locator.lookup("8.8.8.8")
+
+
+@pytest.mark.parametrize("name", ["MaxMind-DB-test-broken-search-tree-24", "MaxMind-DB-test-broken-pointers-24"])
+def test_broken_trees_never_crash_the_walk(name: str) -> None:
+    path = MAXMIND_TESTDATA / f"{name}.mmdb"
+    if not path.is_file():
+        pytest.skip(f"{path} absent")
+    db = open_raw(path)
+    trees = core.Trees([db], {}, (), (), None, 0)  # type: ignore[union-attr]
+    for ip in addresses(random.Random(SEED), 5_000):
+        records = trees.records(address_key(ip))
+        assert records is None or isinstance(records, int)
+
+
+def open_raw(path: Path) -> tuple[Any, ...]:
+    """A search-tree shape read from the file's metadata, as Locator.native_trees passes it."""
+    import maxminddb
+
+    reader = maxminddb.open_database(str(path))
+    meta = reader.metadata()
+    reader.close()
+    with open(path, "rb") as f:
+        buffer = mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ)
+    return (buffer, meta.node_count, meta.record_size, meta.ip_version, True)
+
+
+def test_random_bytes_as_a_tree_never_crash_it() -> None:
+    rnd = random.Random(SEED)
+    for _ in range(300):
+        size = rnd.randrange(40, 4000)
+        data = bytes(rnd.randrange(256) for _ in range(size))
+        record_size = rnd.choice([24, 28, 32])
+        node_count = rnd.randrange(1, max(2, (size - 16) * 8 // (2 * record_size)))
+        try:
+            trees = core.Trees([(data, node_count, record_size, rnd.choice([4, 6]), True)], {}, (), (), None, 0)  # type: ignore[union-attr]
+        except ValueError:
+            continue
+        for _ in range(20):
+            trees.locate(rnd.randrange(1 << 128))
+    with pytest.raises(ValueError):
+        core.Trees([(b"x" * 10, 10, 24, 6, True)], {}, (), (), None, 0)  # type: ignore[union-attr]
+
+
+def test_what_is_not_a_key_is_left_to_the_reference(country_db: Path) -> None:
+    trees = Locator([country_db])._trees
+    for bad in (-1, 1 << 128, True, 1.5, "1.2.3.4", None):
+        assert trees.locate(bad) is None and trees.records(bad) is None
+
+
+# --- the client: peer and X-Forwarded-For -----------------------------------------------------------------
+
+_PEERS = ["10.0.0.5", "::ffff:10.0.0.5", "10.9.9.9", "8.8.8.8", "81.2.69.142", "2001:db8::1", "5.8.1.1",
+          "fe80::1%eth0", "1.2.3.4:80", "", "unknown", "::ffff:8.8.8.8", "2002:808:808::1", "127.0.0.1"]  # fmt: skip
+_NODES = [*_PEERS, "8.8.8.8:443", "[2001:db8::1]:443", "_hidden", "01.2.3.4", " 8.8.4.4", "\t1.1.1.1", "\xa01.1.1.1",
+          "1.1.1.1:99999", "1.1.1.1:", ":80", "2a00:1450:4001:81b::200e", "64:ff9b::808:808"]  # fmt: skip
+
+
+def chains(rnd: random.Random) -> bytes:
+    nodes = [rnd.choice(_NODES) for _ in range(rnd.randrange(0, 5))]
+    joined = rnd.choice([", ", ",", " , ", ",,"]).join(nodes)
+    if rnd.random() < 0.05:
+        joined = "1.2.3.4," * 700  # past max_header_bytes
+    return joined.encode("latin-1")
+
+
+def test_client_resolution_matches_the_reference(country_db: Path, anonymous_db: Path) -> None:
+    """Wherever the native resolver answers, the reference resolves the same client, to the same location,
+    with no problem; and it leaves every broken chain, rewrite and odd value to the reference."""
+    middleware = GeofenceMiddleware(Recorder(), config=policy(country_db, anonymous_db))
+    state = middleware._state
+    assert state is not None and state.resolver is not None
+    plain = reference(Locator([country_db, anonymous_db]))
+    rnd = random.Random(SEED)
+    answered = 0
+    for _ in range(30_000):
+        peer = rnd.choice([*_PEERS, None])
+        forwarding = {}
+        if rnd.random() < 0.7:
+            forwarding[b"x-forwarded-for"] = chains(rnd)
+        if rnd.random() < 0.1:
+            forwarding[b"forwarded"] = b"for=8.8.8.8"
+        scope = {"client": (peer, 1) if peer is not None else None}
+        expected = locate_client(scope, forwarding, state.proxies, plain, state.policy, ChainWarnings())
+        found = state.resolver.resolve(peer, forwarding)
+        if found is None:  # as the middleware does: the Python steps, which teach the walk a new record
+            locate_client(scope, forwarding, state.proxies, state.locator, state.policy, ChainWarnings())
+            continue
+        answered += 1
+        network, facts_id, key, text = found
+        assert expected[2] is None and not expected[4], (peer, forwarding, expected)
+        assert (network, text) == (expected[0], expected[5]), (peer, forwarding)
+        assert state.locator.location(network, facts_id) == plain.location(expected[0], expected[1])
+        assert key == address_key(text.rpartition(":")[0] if text.count(":") == 1 else text)
+    assert answered > 3_000  # the corpus exercises the native path, not only its refusals
+    middleware.close()
+
+
+# --- the header pass --------------------------------------------------------------------------------------
+
+
+def scopes(rnd: random.Random) -> Iterator[dict[str, Any]]:
+    names = [b"host", b"x-forwarded-for", b"forwarded", b"accept", b"Host", b"x-request-id", b"cf-connecting-ip"]
+    values = [b"api.example", b"", b"8.8.8.8", b"10.0.0.1, 8.8.8.8", b"\xff\xfe", b"a" * 3000, b"x:1"]
+    while True:
+        headers: list[Any] = [(rnd.choice(names), rnd.choice(values)) for _ in range(rnd.randrange(0, 6))]
+        if rnd.random() < 0.03:
+            headers.append([b"host", b"list-not-tuple"])
+        scope: dict[str, Any] = {"type": "http", "headers": headers if rnd.random() < 0.97 else tuple(headers)}
+        for key, choices in (
+            ("path", ["/v1/models", "/", "/x" * 1100, "/w%2F", "/é"]),
+            ("root_path", ["", "/api", None]),
+            ("method", ["GET", "POST", "", None, "get"]),
+            ("client", [("10.0.0.5", 1), ("8.8.8.8", 2), None, ("fe80::1%eth0", 3), []]),
+        ):
+            choice = rnd.choice(choices)
+            if choice is not None:
+                scope[key] = choice
+        yield scope
+
+
+def _outcome(function: Any, *args: Any) -> Any:
+    try:
+        return function(*args)
+    except Refused as exc:
+        return ("refused", str(exc))
+
+
+def test_the_header_pass_matches_the_reference() -> None:
+    rnd = random.Random(SEED)
+    watched = frozenset({b"x-forwarded-for", b"forwarded"})
+    calls: list[Any] = []
+
+    def trusted(peer: str | None) -> bool:
+        calls.append(peer)
+        return peer == "10.0.0.5"
+
+    corpus = scopes(rnd)
+    for _ in range(30_000):
+        scope = next(corpus)
+        needs_host = rnd.random() < 0.5
+        calls.clear()
+        expected = _outcome(reference_request_key, scope, watched, needs_host, trusted)
+        asked = list(calls)
+        calls.clear()
+        assert _outcome(core.request_key, scope, watched, needs_host, trusted) == expected, scope  # type: ignore[union-attr]
+        assert calls == asked  # the proxy check is asked exactly when the reference asks it
+
+
+# --- whole requests: the native middleware and the reference middleware decide alike ------------------------
+
+
+@pytest.mark.anyio
+async def test_whole_requests_decide_alike(
+    country_db: Path, anonymous_db: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    native = GeofenceMiddleware(Recorder(), config=policy(country_db, anonymous_db))
+    plain = GeofenceMiddleware(Recorder(), config=policy(country_db, anonymous_db))
+    assert plain._state is not None
+    plain._state.resolver = None
+    reference(plain._state.locator)
+    rnd = random.Random(SEED)
+    paths = ["/v1/models", "/weights/a", "/shadow", "/healthz", "/weights/../x", "//weights/b"]
+    for i in range(2_000):
+        peer = rnd.choice(["10.0.0.5", "8.8.8.8", "5.8.1.1", "81.2.69.142", "2001:db8::1"])
+        headers: dict[str, Any] = {"x-forwarded-for": chains(rnd)} if rnd.random() < 0.6 else {}
+        if rnd.random() < 0.3:
+            headers["x-identity"] = rnd.choice(["us", "de", "bad"])
+        path = rnd.choice(paths)
+        answers = []
+        for app, key in ((native, None), (plain, reference_request_key)):
+            if key is not None:
+                monkeypatch.setattr(middleware_module, "request_key", key)
+            response = await send(app, "GET", path, peer=peer, headers={**headers, "x-request-id": f"r{i}"})
+            monkeypatch.undo()
+            body = response.json() if response.headers.get("content-type", "").endswith("json") else response.text
+            answers.append((response.status_code, body))
+        assert answers[0] == answers[1], (peer, headers, path)
+    assert native._state is not None and len(native._state.clients) < len(plain._state.clients) / 4  # native ran
+    native.close()
+    plain.close()
