@@ -314,6 +314,6 @@ async def test_whole_requests_decide_alike(
             body = response.json() if response.headers.get("content-type", "").endswith("json") else response.text
             answers.append((response.status_code, body))
         assert answers[0] == answers[1], (peer, headers, path)
-    assert native._state is not None and len(native._state.clients) < len(plain._state.clients) / 4  # native ran
+    assert native._state is not None and len(native._state.clients) < len(plain._state.clients) / 2  # native ran
     native.close()
     plain.close()

@@ -8,17 +8,19 @@ by the body, query or headers; the warm path never reaches them.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from functools import partial
 from typing import Any, Final
 
 from ..geoip.location import Location
 from ..identity.claims import Identity, IdentityError
+from ..native import core
 from ..policy.decision import Decision, decide
 from ..request.facts import RequestFacts
 from ..routing.routes import Route
 from .plumbing import buffer_body
-from .state import Front, State, Where, new_front, new_where
+from .state import MEMO_BYTES, Front, State, Where, new_front, new_where
 from .where import ChainWarnings, Client, client_key, locate_client, pack_client, unpack_client
 
 __all__ = ["Decider", "privacy"]
@@ -49,22 +51,26 @@ class Decider:
         else:
             client, seen = self.client(state, scope, facts)
         if resolver is not None:  # known by request key (the native path keeps no client cache)
-            seen = facts.key is not None and state.seen(facts.key)
+            seen = facts.key is not None and resolver.seen(facts.key)
         network, facts_id, problem, exempt, broken, text = client
         location = state.locator.location(network, facts_id) if network is not None else None
         where = new_where((location, problem, exempt, broken, text, facts_id))
         if not route.also:  # one spelling (most requests): skip the general loop below
-            if route.params is not None or route.export_class in state.identity_classes:
-                return new_front((route, where, None, False, False)), seen
+            if route.params is not None:
+                return new_front((route, where, None, False, False, None)), seen
+            if route.export_class in state.identity_classes:  # decided per request; its privacy is the class's
+                memo = [None] if core is not None and state.verifier is not None and self.resolver is None else None
+                private = privacy(facts.method, route.export_class, state)
+                return new_front((route, where, None, private, False, memo)), seen
             decision = self.decide(state, scope, route.export_class, route.exempt or where.exempt, where)
         else:
             spellings = _spellings(route)
             if any(r.params is not None or r.export_class in state.identity_classes for r in spellings):
-                return new_front((route, where, None, False, False)), seen
+                return new_front((route, where, None, False, False, None)), seen
             decision = self.strictest(state, scope, where, ((r.export_class, r.exempt) for r in spellings))
         private = privacy(facts.method, decision.export_class, state)
         plain = decision.allowed and not decision.reasons and decision.export_class not in state.record_allowed
-        return new_front((route, where, decision, private, plain)), seen
+        return new_front((route, where, decision, private, plain, None)), seen
 
     def client(self, state: State, scope: Scope, facts: RequestFacts) -> tuple[Client, bool]:
         """The Python steps to the client and its location (the reference): cached per peer and trusted
@@ -78,6 +84,25 @@ class Decider:
         if where_key is not None:
             state.clients.put(where_key, pack_client(client), 2 * len(where_key) + 80)
         return client, False
+
+    def decide_identity(self, state: State, scope: Scope, front: Front) -> Decision:
+        """A one-spelling route whose class reads an identity. Its front entry remembers the last Authorization
+        value it saw with that value's identity and decision, so a repeat request with the same token costs one
+        comparison: the value compared in full, the identity's expiry and the verifier's key generation checked
+        (withdrawn keys vouch for nothing). Anything else is decided, and remembered when it can be."""
+        route, where, memo, verifier = front.route, front.where, front.memo, state.verifier
+        if memo is None or verifier is None:
+            return self.decide(state, scope, route.export_class, route.exempt or where.exempt, where)
+        value = core.authorization(scope["headers"])  # type: ignore[union-attr]
+        last = memo[0]
+        if last is not None and value == last[0] and last[3] == verifier.generation and time.time() < last[1].expires:
+            return last[2]  # type: ignore[no-any-return]
+        generation = verifier.generation  # read before deciding: a key change meanwhile voids what follows
+        decision = self.decide(state, scope, route.export_class, route.exempt or where.exempt, where)
+        identity = decision.identity
+        if value is not None and len(value) <= MEMO_BYTES and identity is not None and identity.expires is not None:
+            memo[0] = (value, identity, decision, generation)  # one reference assignment: never seen half-written
+        return decision
 
     async def decide_request(
         self, state: State, scope: Scope, receive: Receive, front: Front
@@ -146,8 +171,7 @@ class Decider:
                 return self.resolver(scope), None
             verifier = state.verifier
             if verifier is not None:
-                token = verifier.token(scope)
-                return (verifier.identity(token), None) if token is not None else (None, None)
+                return verifier.identity_of(scope), None
         except IdentityError as exc:
             return None, str(exc)
         return None, None

@@ -47,7 +47,7 @@ from .plumbing import (
 from .recording import DecisionRecorder, printable
 from .reloader import Reloader
 from .responses import DenialResponse, ResponseConfig, denial_response
-from .state import Front, State, Where
+from .state import MEMO_BYTES, Front, State, Where
 from .where import ChainWarnings
 
 __all__ = ["GeofenceMiddleware", "IdentityResolver"]
@@ -177,7 +177,19 @@ class GeofenceMiddleware:
         except Exception as exc:  # fail closed, and never show the client a traceback
             await self._finish(state, scope, receive, send, self._internal_error(state, scope, exc))
             return
-        route, where, decision, private, plain = front
+        route, where, decision, private, plain, _ = front
+        if decision is None:
+            try:
+                if route.params is None and not route.also:  # a class that needs an identity, one spelling:
+                    decision = self._decider.decide_identity(state, scope, front)  # its privacy is in front
+                    # an allowed HTTP request with nothing to record takes the warm path too
+                    plain = kind == "http" and not decision.reasons and decision.allowed
+                    plain = plain and decision.export_class not in state.record_allowed
+                else:
+                    decision, receive = await self._decider.decide_request(state, scope, receive, front)
+                    private = privacy(scope.get("method"), decision.export_class, state)
+            except Exception as exc:
+                decision, private, plain = self._internal_error(state, scope, exc), False, False
         if plain and (state.stale_at is None or time.time() < state.stale_at):
             # The warm path: an allowed decision with nothing to record.
             _publish(scope, decision, state.policy, self, where)
@@ -189,16 +201,6 @@ class GeofenceMiddleware:
                 receive, send = _expiring(state, scope, receive, send, None)
             await self.app(scope, receive, send)
             return
-        if decision is None:
-            try:
-                if route.params is None and not route.also:  # a class that needs an identity, one spelling
-                    exempt = route.exempt or where.exempt
-                    decision = self._decider.decide(state, scope, route.export_class, exempt, where)
-                else:
-                    decision, receive = await self._decider.decide_request(state, scope, receive, front)
-            except Exception as exc:
-                decision = self._internal_error(state, scope, exc)
-            private = privacy(scope.get("method"), decision.export_class, state)
         await self._finish(state, scope, receive, send, decision, where, private)
 
     def _miss(
@@ -210,7 +212,7 @@ class GeofenceMiddleware:
         facts = read_request(scope, key, host, forwarding)
         front, seen = self._decider.front(state, scope, facts)
         if key is not None and seen and state.admit():
-            state.front.put(key, front, facts.size)
+            state.front.put(key, front, facts.size + (MEMO_BYTES if front.memo is not None else 0))
         if metrics is not None:
             metrics.miss(time.perf_counter() - started)
             if state.audit is not None:

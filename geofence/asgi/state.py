@@ -8,7 +8,6 @@ here too: they belong to the readers and policy they were computed from.
 from __future__ import annotations
 
 import os
-from array import array
 from collections.abc import Callable, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from functools import partial
@@ -34,6 +33,7 @@ if TYPE_CHECKING:
     from ..identity.tokens import TokenVerifier
 
 __all__ = [
+    "MEMO_BYTES",
     "Front",
     "State",
     "Where",
@@ -71,14 +71,18 @@ class Front(NamedTuple):
     plain: bool
     """The decision is an allow with nothing to record or check per request (no reasons, not audited, no
     audit-failure rule): the middleware's shortest path."""
+    memo: list[Any] | None = None
+    """For a class that reads an identity: one slot holding (Authorization value, identity, decision, key
+    generation) of the last request by this key (see :meth:`geofence.asgi.deciding.Decider.decide_identity`)."""
+
+
+MEMO_BYTES: Final = 2048
+"""The longest Authorization value a front entry remembers; what such an entry is charged in the front cache."""
 
 
 new_where: Callable[[tuple[Any, ...]], Where] = partial(tuple.__new__, Where)
 """Build from a complete tuple on the request path: a NamedTuple's Python-level ``__new__`` costs several times more."""
 new_front: Callable[[tuple[Any, ...]], Front] = partial(tuple.__new__, Front)
-
-
-_DOORKEEPER_SLOTS: Final = 1 << 16  # 512 KiB: request keys whose second request enters the front cache
 
 
 @dataclass
@@ -126,8 +130,6 @@ class State:
     stays short; a miss costs a client-cache hit and a few tuples."""
     peers: BoundedCache[str | None, bool] = field(init=False)
     admissions: int = 0
-    doorkeeper: array[int] = field(init=False)
-    """Request-key hashes by slot: what the native path admits to the front cache by (see :meth:`seen`)."""
     peer_trusted: Callable[[str | None], bool] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -137,18 +139,6 @@ class State:
         self.clients = budget.clients()
         self.front = budget.front()  # type: ignore[assignment]
         self.peers = BoundedCache(*budget.small(4096))
-        self.doorkeeper = array("q", bytes(8 * _DOORKEEPER_SLOTS)) if self.resolver is not None else array("q")
-
-    def seen(self, key: tuple[Any, ...]) -> bool:
-        """Whether request *key* came before (its hash is in its slot), remembering it: the native path keeps no
-        client cache to tell a known client by, and the front cache admits known ones only. Machine integers in
-        one fixed array: nothing grows with clients, nothing for the garbage collector to walk."""
-        digest = hash(key)
-        slot = digest & (_DOORKEEPER_SLOTS - 1)
-        if self.doorkeeper[slot] == digest:
-            return True
-        self.doorkeeper[slot] = digest
-        return False
 
     def admit(self) -> bool:
         """Whether a front-cache miss of a known client goes into the front cache. Always while there is room;

@@ -30,6 +30,7 @@ import jwt
 
 from ..caches.bounded import BoundedCache
 from ..caches.budget import CacheBudget
+from ..native import core
 from .claims import (
     Identity,
     IdentityError,
@@ -108,6 +109,14 @@ class TokenVerifier:
         self.config = config
         self._budget = budget or CacheBudget()
         self._cache: BoundedCache[bytes, Identity] = BoundedCache(*self._budget.identities())
+        # With the native header scan: the exact Authorization value of a token verified before -> its identity,
+        # so a repeat request neither reads nor hashes the token again (the full value is the key: no collision
+        # can stand in for it). Forgotten with _cache, when the signing keys change.
+        self._by_value: BoundedCache[bytes, Identity] | None = None
+        self.generation = 0
+        """Counts signing-key changes: what remembers an identity outside these caches checks it."""
+        if core is not None and config.source.lower() == "authorization":
+            self._by_value = BoundedCache(*self._budget.small(4096))
         # So a replayed bad token costs no signature check: (reason, until).
         self._rejected: BoundedCache[bytes, tuple[str, float]] = BoundedCache(*self._budget.small(16_384))
         self._secret: bytes | None = None
@@ -152,6 +161,9 @@ class TokenVerifier:
             self._keys = KeySet(keys)
             if changed:  # a key withdrawn from the JWKS must stop vouching for cached identities
                 self._cache = BoundedCache(*self._budget.identities())
+                self.generation += 1
+                if self._by_value is not None:
+                    self._by_value = BoundedCache(*self._budget.small(4096))
             self._fetched = time.monotonic()
             log.info("geofence: loaded %d signing keys from %s (%s)", len(keys), url, why)
         except Exception as exc:  # never let one surprise kill the refresh thread or the cached keys
@@ -162,6 +174,23 @@ class TokenVerifier:
             self.ready.set()
 
     # --- tokens -------------------------------------------------------------------------------------------
+
+    def identity_of(self, scope: Mapping[str, Any]) -> Identity | None:
+        """The verified identity of a request's token, None without a token; :class:`IdentityError` for a
+        rejected one. A plain bearer value verified before is answered by that exact value (expiry checked)."""
+        by_value = self._by_value
+        value = core.authorization(scope["headers"]) if by_value is not None else None  # type: ignore[union-attr]
+        if value is not None:
+            known = by_value.get(value)  # type: ignore[union-attr]
+            if known is not None and known.expires is not None and time.time() < known.expires:
+                return known
+        token = self.token(scope)
+        if token is None:
+            return None
+        identity = self.identity(token)
+        if value is not None and identity.expires is not None and len(value) <= self.config.max_token_bytes + 7:
+            by_value.put(value, identity, len(value))  # type: ignore[union-attr]
+        return identity
 
     def token(self, scope: Mapping[str, Any]) -> str | None:
         """The raw token of a request, as :func:`token_from_scope` reads it; one pass over the headers for the

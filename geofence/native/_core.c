@@ -14,6 +14,7 @@
 #include <arpa/inet.h>
 #include <stdint.h>
 #include <string.h>
+#include <strings.h>
 
 typedef unsigned __int128 u128;
 
@@ -289,7 +290,10 @@ typedef struct {
     Ranges trusted;    /* [proxies] trusted */
     PyObject *header;  /* b"x-forwarded-for" when that is [proxies] header, else None (no walk here) */
     Py_ssize_t max_header_bytes;
+    Py_hash_t *doorkeeper;  /* request-key hashes by slot (see seen); allocated on first use */
 } TreesObject;
+
+#define DOORKEEPER_SLOTS (1 << 16)
 
 static inline uint32_t record_at(const Tree *t, uint32_t node, int bit) {
     const unsigned char *p;
@@ -490,7 +494,22 @@ static PyObject *Trees_resolve(TreesObject *self, PyObject *const *args, Py_ssiz
     return result;
 }
 
+/* seen(key): whether request *key* came before (its hash is in its slot), remembering it. The native path
+ * keeps no client cache to tell a known client by, and the front cache admits known ones only: a fixed
+ * array of machine integers, so nothing grows with clients and the garbage collector has nothing to walk. */
+static PyObject *Trees_seen(TreesObject *self, PyObject *key) {
+    Py_hash_t digest = PyObject_Hash(key);
+    if (digest == -1) return NULL;
+    if (self->doorkeeper == NULL && (self->doorkeeper = PyMem_Calloc(DOORKEEPER_SLOTS, sizeof(Py_hash_t))) == NULL)
+        return PyErr_NoMemory();
+    Py_hash_t *slot = &self->doorkeeper[(size_t)digest & (DOORKEEPER_SLOTS - 1)];
+    if (*slot == digest) Py_RETURN_TRUE;
+    *slot = digest;
+    Py_RETURN_FALSE;
+}
+
 static void Trees_dealloc(TreesObject *self) {
+    PyMem_Free(self->doorkeeper);
     for (Py_ssize_t i = 0; i < self->n; i++)
         if (self->trees[i].view.obj != NULL) PyBuffer_Release(&self->trees[i].view);
     PyMem_Free(self->trees);
@@ -558,6 +577,7 @@ static PyMethodDef Trees_methods[] = {
     {"records", (PyCFunction)Trees_records, METH_O, "The records key of an address key (what facts are learnt by)."},
     {"resolve", (PyCFunction)(void (*)(void))Trees_resolve, METH_FASTCALL,
      "(network, facts id, key, text) of a request's client, or None."},
+    {"seen", (PyCFunction)Trees_seen, METH_O, "Whether a request key came before (remembering it)."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -583,6 +603,34 @@ static PyObject *configure(PyObject *module, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+/* authorization(headers): the value of the request's one Authorization header when it is a plain bearer
+ * value ("bearer " in any case, nothing after the token), else None: none, several, or anything odd, which
+ * the Python token reader then answers (or refuses). The same object the server gave: a cache key. */
+static PyObject *authorization(PyObject *module, PyObject *headers) {
+    if (!(PyList_Check(headers) || PyTuple_Check(headers))) Py_RETURN_NONE;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(headers);
+    PyObject **items = PySequence_Fast_ITEMS(headers), *found = NULL;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *pair = items[i];
+        if (!PyTuple_Check(pair) || PyTuple_GET_SIZE(pair) != 2 || !PyBytes_Check(PyTuple_GET_ITEM(pair, 0)))
+            Py_RETURN_NONE;
+        PyObject *name = PyTuple_GET_ITEM(pair, 0);
+        if (PyBytes_GET_SIZE(name) != 13 || memcmp(PyBytes_AS_STRING(name), "authorization", 13) != 0) continue;
+        if (found != NULL) Py_RETURN_NONE;
+        found = PyTuple_GET_ITEM(pair, 1);
+    }
+    if (found == NULL || !PyBytes_Check(found)) Py_RETURN_NONE;
+    const char *v = PyBytes_AS_STRING(found);
+    Py_ssize_t len = PyBytes_GET_SIZE(found);
+    if (len < 8 || strncasecmp(v, "bearer ", 7) != 0) Py_RETURN_NONE;
+    for (Py_ssize_t i = 7; i < len; i++) {
+        unsigned char c = (unsigned char)v[i];
+        if (c <= ' ' || c >= 0x7f) Py_RETURN_NONE;  /* spaces, controls, latin-1: the token reader decides */
+    }
+    Py_INCREF(found);
+    return found;
+}
+
 static PyObject *py_format_network(PyObject *module, PyObject *args) {
     PyObject *key_obj;
     int prefix;
@@ -597,6 +645,7 @@ static PyMethodDef methods[] = {
     {"request_key", (PyCFunction)(void (*)(void))request_key, METH_FASTCALL,
      "request_key(scope, watched, needs_host, trusted_peer): as geofence.request.facts."},
     {"format_network", py_format_network, METH_VARARGS, "CIDR text of the network of prefix bits holding key."},
+    {"authorization", authorization, METH_O, "The one plain bearer Authorization value of a header list, or None."},
     {NULL, NULL, 0, NULL},
 };
 
