@@ -39,11 +39,19 @@ def available() -> bool:
 
 
 def _command(framework: str, keys: Sequence[str], n: int, which: str) -> list[str]:
-    return [sys.executable, __file__, "--worker", framework, "--keys", ",".join(keys), "--n", str(n), "--run", which]
+    from benchmarks.inprocess import split
+
+    name = split(framework)[0]
+    return [sys.executable, __file__, "--worker", name, "--keys", ",".join(keys), "--n", str(n), "--run", which]
 
 
-def _env() -> dict[str, str]:
-    return {**os.environ, "PYTHONHASHSEED": "0", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+def _env(framework: str) -> dict[str, str]:
+    """The worker's environment: fixed hash seed, this checkout first, and the request path *framework* names
+    (``starlette@reference``: the pure-Python reference)."""
+    from benchmarks.inprocess import split
+
+    root = str(Path(__file__).resolve().parents[1])
+    return {**os.environ, "PYTHONHASHSEED": "0", "PYTHONPATH": root, **split(framework)[1]}
 
 
 def _counts(key: str, n: int) -> tuple[int, int]:
@@ -57,7 +65,7 @@ def _start_fast(framework: str, keys: Sequence[str], n: int, out: Path) -> subpr
     return subprocess.Popen(
         ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}/cg.%p", f"--zero-before={SYMBOL}",
          f"--dump-after={SYMBOL}", *_command(framework, keys, n, "both")],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(framework),
     )  # fmt: skip
 
 
@@ -77,7 +85,7 @@ def _dump_totals(folder: Path) -> list[int]:
 def _start_whole(framework: str, key: str, n: int, which: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
         ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", *_command(framework, [key], n, which)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(framework),
     )  # fmt: skip
 
 

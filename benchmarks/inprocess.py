@@ -17,12 +17,15 @@ Callgrind instruction counts for the same variants are in benchmarks/callgrind.p
 
 from __future__ import annotations
 
+import json
+import os
 import random
+import subprocess
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -136,9 +139,25 @@ def warm_up(variants: dict[str, Variant], n: int = 200) -> None:
         per_request_us(v.app, v.scopes(max(10, int(n * v.share))))
 
 
-def measure(framework: str, n: int, rounds: int) -> dict[str, Any]:
+REFERENCE: Final = "@reference"
+"""A framework name ending so (``starlette@reference``) runs in a subprocess on the pure-Python reference path
+(``GEOFENCE_NATIVE=0``, read when geofence is imported): both request paths measured in one run, each against a
+bare app of its own process."""
+REFERENCE_KEYS: Final = ("bare", "noop", "floor", "warm", "cold", "id_warm")
+
+
+def split(framework: str) -> tuple[str, dict[str, str]]:
+    """(framework, the environment its process needs) for a name that may end in :data:`REFERENCE`."""
+    if framework.endswith(REFERENCE):
+        return framework.removesuffix(REFERENCE), {"GEOFENCE_NATIVE": "0"}
+    return framework, {}
+
+
+def measure(framework: str, n: int, rounds: int, keys: Sequence[str] | None = None) -> dict[str, Any]:
     """Wall clock: median µs/request of each variant over interleaved rounds."""
-    keys = variant_keys(framework)
+    if framework.endswith(REFERENCE):
+        return _in_reference_process(framework, n, rounds)
+    keys = keys or variant_keys(framework)
     variants = build(framework, keys)
     warm_up(variants)
 
@@ -159,6 +178,16 @@ def measure(framework: str, n: int, rounds: int) -> dict[str, Any]:
             "rounds_us": values,
         }
     return {"n": n, "rounds": rounds, "variants": out}
+
+
+def _in_reference_process(framework: str, n: int, rounds: int) -> dict[str, Any]:
+    name, env = split(framework)
+    command = [sys.executable, __file__, "--reference-worker", name, str(n), str(rounds)]
+    done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, **env}, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"reference-path worker: {done.stderr[-3000:]}")
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
 
 
 def run(frameworks: Sequence[str], n: int, rounds: int) -> dict[str, Any]:
@@ -209,11 +238,45 @@ def tables(section: dict[str, Any], counts: dict[str, Any] | None = None) -> lis
                 f"instructions: callgrind, {cg['method']}; ≈ µs at this run's bare-app speed "
                 f"({cg['ns_per_instruction']:.3f} ns per instruction)"
             )
-        out.append(Table(f"In process, {fw} hello-world", headers, rows, notes))
-    return out
+        name, env = split(fw)
+        path = "the pure-Python reference path (GEOFENCE_NATIVE=0)" if env else "the request path as installed"
+        out.append(Table(f"In process, {name} hello-world, {path}", headers, rows, notes))
+    comparison = paths_table(section, counts)
+    return [*out, comparison] if comparison is not None else out
+
+
+def paths_table(section: dict[str, Any], counts: dict[str, Any] | None = None) -> Table | None:
+    """The native and the reference path side by side (Starlette): what each adds over its own bare app."""
+    native, reference = section.get("starlette"), section.get("starlette" + REFERENCE)
+    if native is None or reference is None:
+        return None
+    cg_native, cg_ref = ((counts or {}).get(k) for k in ("starlette", "starlette" + REFERENCE))
+    rows = []
+    for key in REFERENCE_KEYS[1:]:
+        a, b = native["variants"].get(key), reference["variants"].get(key)
+        if a is None or b is None:
+            continue
+        cells = [a["label"], signed(a["added_us"]), signed(b["added_us"])]
+        if cg_native and cg_ref:
+            ia = cg_native["variants"][key] - cg_native["variants"]["bare"]
+            ib = cg_ref["variants"][key] - cg_ref["variants"]["bare"]
+            cells += [f"{ia:+,.0f}", f"{ib:+,.0f}", times(ib / ia) if ia > 0 else "—"]
+        rows.append(cells)
+    headers = ["Starlette, per request", "native µs added", "reference µs added"]
+    if cg_native and cg_ref:
+        headers += ["native instr. added", "reference instr. added", "reference / native"]
+    notes = ["each path against a bare app measured in its own process, in the same run; the reference path is "
+             "the definition of every answer (tests/test_native.py holds the native path to it)"]  # fmt: skip
+    return Table("The two request paths: native (C extension) and pure-Python reference", headers, rows, notes)
 
 
 if __name__ == "__main__":
+    if len(sys.argv) == 5 and sys.argv[1] == "--reference-worker":
+        from geofence.native import core
+
+        assert core is None, "the reference worker must run without the native path (GEOFENCE_NATIVE=0)"
+        print(json.dumps(measure(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), REFERENCE_KEYS)))
+        raise SystemExit(0)
     from benchmarks.suite import main
 
     raise SystemExit(main(["--only", "inprocess", *sys.argv[1:]]))

@@ -55,7 +55,7 @@ FULL = Settings(
     callgrind_n={"starlette": 400, "fastapi": 100},
     rule_sizes=(1, 10, 100, 1000),
     rule_n=3000,
-    clients=((1_000, 20_000), (10_000, 50_000), (100_000, 300_000), (1_000_000, 1_000_000)),
+    clients=((1, 50_000), (1_000, 20_000), (10_000, 50_000), (100_000, 300_000), (1_000_000, 1_000_000)),
     city_networks=300_000,
     city_n=5000,
     pools=(1_000, 100_000),
@@ -69,7 +69,7 @@ QUICK = Settings(
     callgrind_n={"starlette": 200, "fastapi": 60},
     rule_sizes=(1, 10, 100, 1000),
     rule_n=1000,
-    clients=((1_000, 10_000), (10_000, 30_000), (100_000, 200_000)),
+    clients=((1, 20_000), (1_000, 10_000), (10_000, 30_000), (100_000, 200_000)),
     city_networks=100_000,
     city_n=3000,
     pools=(1_000, 100_000),
@@ -108,15 +108,18 @@ def run(args: argparse.Namespace, s: Settings) -> dict[str, Any]:
             frameworks = ("starlette", "fastapi")
             if peer.available() is None:
                 results["skipped"]["inprocess: fastapi-guard"] = "not installed (pip install -e '.[bench]')"
-            results["inprocess"] = inprocess.run(frameworks, args.n or s.n, args.rounds or s.rounds)
+            # the pure-Python reference path beside the native one, in a process of its own (see inprocess.py)
+            reference = "starlette" + inprocess.REFERENCE
+            results["inprocess"] = inprocess.run((*frameworks, reference), args.n or s.n, args.rounds or s.rounds)
             counts = args.instructions if args.instructions is not None else not args.quick
             if counts and callgrind.available():
-                log("  counting instructions with callgrind (Starlette and FastAPI side by side) ...")
+                log("  counting instructions with callgrind (Starlette, FastAPI, the reference path side by side) ...")
                 # the audit variant needs two whole-process runs of its own (its writer thread): the
                 # optimisation loop (--only inprocess) counts it, the full suite saves the time
                 skip = () if args.only else callgrind.THREADED
                 plan = {fw: ([k for k in inprocess.variant_keys(fw) if k not in skip], s.callgrind_n[fw])
                         for fw in frameworks}  # fmt: skip
+                plan[reference] = (list(inprocess.REFERENCE_KEYS), s.callgrind_n["starlette"])
                 if skip:
                     results["skipped"]["inprocess: audit instructions"] = "counted only with --only inprocess"
                 results["instructions"] = callgrind.with_speed(callgrind.count(plan), results["inprocess"])

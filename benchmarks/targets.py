@@ -85,6 +85,31 @@ def _city(results: Results) -> tuple[float | None, str]:
     return value, "Locator cold lookup / reader.get, synthetic city database" if value is not None else "not run"
 
 
+def _clients_scale(results: Results) -> tuple[float | None, str]:
+    many, one = _get(results, "clients", "1000000"), _get(results, "clients", "1")
+    if many is None or one is None:
+        return None, "1M- and 1-client runs not both done (1M is skipped by --quick)"
+    ratio = many["geofence"]["mean"] / one["geofence"]["mean"]
+    return (
+        ratio,
+        f"mean µs per request, 1M distinct clients / 1 client ({many['geofence']['mean']:.1f} vs "
+        f"{one['geofence']['mean']:.1f}), same harness",
+    )
+
+
+def _peer_ratio(ours: str, theirs: str) -> Callable[[Results], tuple[float | None, str]]:
+    def measure(results: Results) -> tuple[float | None, str]:
+        variants = _get(results, "inprocess", "fastapi", "variants") or {}
+        if ours not in variants or theirs not in variants:
+            return None, "fastapi-guard not measured (pip install -e '.[bench]')"
+        mine, peer = variants[ours]["added_us"], variants[theirs]["added_us"]
+        if mine <= 0:
+            return None, f"geofence {ours} added {mine:+.2f} µs: no ratio"
+        return peer / mine, f"FastAPI: fastapi-guard {theirs} {peer:+.1f} µs / geofence {ours} {mine:+.2f} µs"
+
+    return measure
+
+
 def _rss(results: Results) -> tuple[float | None, str]:
     run = _get(results, "clients", "1000000")
     if run is None:
@@ -104,8 +129,20 @@ TARGETS: tuple[Target, ...] = (
     Target("e2e_throughput", "100k clients end to end: throughput vs bare", 0.9, "x", True, _e2e("throughput_ratio")),
     Target("e2e_p99", "100k clients end to end: p99 vs bare p99", 1.5, "x", False, _e2e("p99_ratio")),
     Target("rules", "1,000 rules, new path: cost vs 1 rule", 2.0, "x", False, _rules),
-    Target("identity_warm", "identity warm added", 3.0, "µs", False, _added("id_warm")),
+    Target("identity_warm", "identity warm added", 2.0, "µs", False, _added("id_warm")),
     Target("city", "city-sized database, cold lookup vs reader.get", 1.5, "x", False, _city),
+    Target("clients_scale", "1M distinct clients vs 1 client, per request", 1.2, "x", False, _clients_scale),
+    Target(
+        "guard_warm",
+        "fastapi-guard's overhead vs geofence's, warm",
+        100.0,
+        "x",
+        True,
+        _peer_ratio("warm", "guard_warm"),
+    ),
+    Target(
+        "guard_cold", "fastapi-guard's overhead vs geofence's, cold", 50.0, "x", True, _peer_ratio("cold", "guard_cold")
+    ),
     Target("rss", "RSS growth after 1M clients vs cache budget", 1.0, "x", False, _rss),
 )
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..evidence.freshness import database_report
+from ..native import describe
 from .reloader import Reloader
 from .state import State
 
@@ -30,6 +31,7 @@ def health_report(state: State | None, live: Reloader, now: float) -> tuple[int,
         "policy_version": policy.version,
         "databases": databases,
         "on_stale": policy.on_stale,
+        "request_path": describe() if state.resolver is not None else "pure Python (no database mapped natively)",
         "reloads": dict(live.reloads),
         "last_reload": live.last_reload,
         "audit": None if audit is None else {**audit.counters(), "healthy": audit.healthy, "failing": audit.failing},

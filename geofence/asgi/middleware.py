@@ -27,6 +27,7 @@ from typing import Any, Final
 from ..errors import GeofenceError
 from ..evidence.freshness import stale_decision, stale_message
 from ..identity.claims import Identity
+from ..native import describe, missing
 from ..policy.decision import AUDIT_UNAVAILABLE, ERROR, Decision, Reason, error_decision
 from ..policy.load import Policy
 from ..request.facts import Refused, read_request, request_key
@@ -102,6 +103,8 @@ class GeofenceMiddleware:
         deny_response: Callable[[Decision, Scope], DenialResponse | None] | None = None,
     ) -> None:
         self.app = app
+        if missing():
+            log.warning("geofence: %s; decisions are the same, each costs more", describe())
         self.recorder = DecisionRecorder(on_decision)
         self._decider = Decider(identity, ChainWarnings())
         self._live = Reloader(config, deny_response, watch=reload, interval=reload_interval)

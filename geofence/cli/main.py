@@ -21,6 +21,7 @@ from ..evidence.freshness import stale_message
 from ..geoip.databases import default_database_path, open_database
 from ..geoip.location import Location
 from ..geoip.locator import Locator
+from ..native import describe
 from ..network.addresses import parse_address
 from ..policy.load import PolicyError, load_policy
 from ..version import __version__
@@ -61,7 +62,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="geofence",
         description="Export-control geofencing: resolve callers to jurisdictions and decide access.",
     )
-    parser.add_argument("--version", action="version", version=f"geofence {__version__}")
+    parser.add_argument("--version", action="version", version=f"geofence {__version__}; request path: {describe()}")
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")
 
     lookup = commands.add_parser(

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from types import ModuleType
 
-__all__ = ["core", "describe"]
+__all__ = ["core", "describe", "missing"]
 
 
 def _load() -> tuple[ModuleType | None, str]:
@@ -29,5 +29,10 @@ core, _description = _load()
 
 
 def describe() -> str:
-    """Which request path this process runs, for ``geofence version`` and the health report."""
+    """Which request path this process runs, for ``geofence --version`` and the health report."""
     return _description
+
+
+def missing() -> bool:
+    """Whether the extension was wanted but not built (the middleware then says so once, at start)."""
+    return core is None and os.environ.get("GEOFENCE_NATIVE", "1") != "0"
