@@ -67,6 +67,21 @@ def _headline_rows(results: dict[str, Any]) -> list[str]:
                      f"{_us(fastapi['guard_warm']['added_us'])} warm, {_us(fastapi['guard_cold']['added_us'])} cold"
                      f" ({_us(fastapi['guard_asgi_warm']['added_us'])} with its pure-ASGI middleware)")  # fmt: skip
         rows.append(f"| FastAPI hello-world ({fastapi['bare']['us']:.0f} µs bare), added per request | {ours} |")
+    reference = results.get("inprocess", {}).get("starlette@reference", {}).get("variants", {})
+    if reference:
+        counts = results.get("instructions", {})
+        native_cg = counts.get("starlette", {}).get("variants", {})
+        ref_cg = counts.get("starlette@reference", {}).get("variants", {})
+        parts = []
+        for key, label in (("warm", "warm"), ("cold", "cold"), ("id_warm", "identity warm")):
+            if key not in reference:
+                continue
+            part = f"{_us(reference[key]['added_us'])} {label}"
+            if key in native_cg and key in ref_cg:
+                ratio = (ref_cg[key] - ref_cg["bare"]) / max(native_cg[key] - native_cg["bare"], 1)
+                part += f" ({ratio:.1f}x the native path's instructions)"
+            parts.append(part)
+        rows.append(f"| the pure-Python reference path (`GEOFENCE_NATIVE=0`), same run | {'; '.join(parts)} |")
     clients = results.get("clients", {})
     if "100000" in clients:
         c = clients["100000"]
