@@ -47,8 +47,9 @@ class NativeBuildHook(BuildHookInterface):  # type: ignore[type-arg]
 
 
 def compile_extension(source: Path, target: Path) -> str | None:
-    """Compile *source* into the extension module *target*; None on success, else why not (one line)."""
-    compiler = shlex.split(sysconfig.get_config_var("CC") or "cc")
+    """Compile *source* into the extension module *target* with ``$CC`` (else the compiler Python was built
+    with); None on success, else why not (one line)."""
+    compiler = shlex.split(os.environ.get("CC") or sysconfig.get_config_var("CC") or "cc")
     include = sysconfig.get_paths()["include"]
     command = [
         *compiler, "-O2", "-fPIC", "-shared", "-Wall", "-Werror=implicit-function-declaration",
