@@ -9,10 +9,13 @@ suite also runs once more with ``GEOFENCE_NATIVE=0`` (``make test``), so every o
 
 from __future__ import annotations
 
+import copy
 import mmap
 import os
 import random
+from collections import UserDict
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +23,7 @@ import pytest
 
 import geofence.asgi.middleware as middleware_module
 from geofence import GeofenceMiddleware
+from geofence.asgi.plumbing import _send_private, private_responses
 from geofence.asgi.where import ChainWarnings, locate_client
 from geofence.errors import DatabaseError
 from geofence.geoip.locator import Locator
@@ -283,6 +287,62 @@ def test_the_header_pass_matches_the_reference() -> None:
         calls.clear()
         assert _outcome(core.request_key, scope, watched, needs_host, trusted) == expected, scope  # type: ignore[union-attr]
         assert calls == asked  # the proxy check is asked exactly when the reference asks it
+
+
+# --- private marking: the native send marks the response as the reference does --------------------------------
+
+HEADER_NAMES = [
+    *(b"content-type", b"cache-control", b"Cache-Control", b"CACHE-CONTROL", b"cdn-cache-control", b"etag"),
+    *(b"Surrogate-Control", b"X-ACCEL-EXPIRES", b"edge-control", b"cloudflare-cdn-cache-control"),
+    *(b"cache-controls", b"x-cache-control", "cache-control", bytearray(b"cache-control")),
+]
+
+
+def messages(rnd: random.Random) -> Iterator[Any]:
+    """Response messages as apps send them, and as no app should: odd header containers, pairs and types."""
+    while True:
+        headers: Any = [
+            (rnd.choice(HEADER_NAMES), rnd.choice([b"private", b"public, max-age=60", b"no-store", b"x"]))
+            for _ in range(rnd.randrange(5))
+        ]
+        shape = rnd.random()
+        if shape < 0.1:
+            headers = tuple(headers)
+        elif shape < 0.15:
+            headers = rnd.choice([None, (), [], 0, iter(headers), [list(h) for h in headers], [(b"a", b"b", b"c")]])
+        message: Any = {"type": rnd.choice(["http.response.start"] * 4 + ["http.response.body", "websocket.send"])}
+        if rnd.random() < 0.9:
+            message["headers"] = headers
+        if rnd.random() < 0.03:
+            del message["type"]
+        if rnd.random() < 0.03:
+            message = rnd.choice([[("type", "http.response.start")], None, UserDict(message)])
+        yield message
+
+
+def _sent(make: Any, message: Any) -> Any:
+    sent: list[Any] = []
+
+    def downstream(m: Any) -> str:
+        sent.append({k: list(v) if k == "headers" and isinstance(v, Iterator) else v for k, v in m.items()})
+        return "awaitable"
+
+    try:
+        result = make(downstream)(message)
+    except Exception as exc:  # the reference's own error, for input no server sends
+        return ("raised", type(exc))
+    return result, sent
+
+
+def test_private_marking_matches_the_reference() -> None:
+    rnd = random.Random(SEED)
+    corpus = messages(rnd)
+    for _ in range(20_000):
+        message = next(corpus)
+        expected = _sent(lambda send: partial(_send_private, send), copy.deepcopy(message))
+        got = _sent(private_responses, copy.deepcopy(message))
+        assert got == expected, message
+    assert type(private_responses(lambda m: m)).__name__ == "PrivateSend"  # the native one was measured
 
 
 # --- whole requests: the native middleware and the reference middleware decide alike ------------------------

@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from functools import partial
 from typing import Any, Final
 
+from ..native import core
 from .responses import DenialResponse
 
 __all__ = [
@@ -95,7 +96,10 @@ def private_responses(send: Send) -> Send:
 
     A partial of a plain function that returns *send*'s own awaitable: no coroutine frame and no bound method
     of ours per message, on every allowed GET of a controlled class (measured: ~1,300 instructions a request
-    less than a class with ``__call__``)."""
+    less than a class with ``__call__``). The native path's ``private_send`` is that partial in C: it marks the
+    plain case itself and hands the reference the rest."""
+    if core is not None:
+        return core.private_send(_send_private, send)  # type: ignore[no-any-return]
     return partial(_send_private, send)
 
 

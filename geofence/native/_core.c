@@ -12,9 +12,9 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <arpa/inet.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <string.h>
-#include <strings.h>
 
 typedef unsigned __int128 u128;
 
@@ -603,6 +603,17 @@ static PyObject *configure(PyObject *module, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+/* strncasecmp for ASCII only, whatever the locale (bytes.lower() is ASCII-only too; a Turkish locale's
+ * tolower('I') is not 'i'). */
+static int ascii_equal_nocase(const char *a, const char *lower, size_t len) {
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)a[i];
+        if (c >= 'A' && c <= 'Z') c = (unsigned char)(c + 32);
+        if (c != (unsigned char)lower[i]) return 0;
+    }
+    return 1;
+}
+
 /* authorization(headers): the value of the request's one Authorization header when it is a plain bearer
  * value ("bearer " in any case, nothing after the token), else None: none, several, or anything odd, which
  * the Python token reader then answers (or refuses). The same object the server gave: a cache key. */
@@ -622,13 +633,134 @@ static PyObject *authorization(PyObject *module, PyObject *headers) {
     if (found == NULL || !PyBytes_Check(found)) Py_RETURN_NONE;
     const char *v = PyBytes_AS_STRING(found);
     Py_ssize_t len = PyBytes_GET_SIZE(found);
-    if (len < 8 || strncasecmp(v, "bearer ", 7) != 0) Py_RETURN_NONE;
+    if (len < 8 || !ascii_equal_nocase(v, "bearer ", 7)) Py_RETURN_NONE;
     for (Py_ssize_t i = 7; i < len; i++) {
         unsigned char c = (unsigned char)v[i];
         if (c <= ' ' || c >= 0x7f) Py_RETURN_NONE;  /* spaces, controls, latin-1: the token reader decides */
     }
     Py_INCREF(found);
     return found;
+}
+
+/* private_send(reference, send): a callable like functools.partial(reference, send) for
+ * geofence/asgi/plumbing.py's _send_private (the reference), which marks a response Cache-Control: private.
+ * It answers the plain case itself: a dict message whose headers are a list or tuple of (bytes, bytes) pairs
+ * naming no cache header; it appends ("cache-control", "private") to a new list, as the reference does, then
+ * returns send(message). Anything else (a cache header to rewrite, odd types) goes to the reference. */
+typedef struct {
+    PyObject_HEAD
+    PyObject *reference, *send;
+    vectorcallfunc vectorcall;
+} PrivateSendObject;
+
+static PyObject *str_type, *str_start, *private_header;
+
+/* Whether *name* (lower-cased) is a header a shared cache obeys: plumbing._CACHE_HEADERS. */
+static int cache_header(const char *name, Py_ssize_t len) {
+    static const char *const names[] = {"cache-control", "cdn-cache-control", "cloudflare-cdn-cache-control",
+                                        "surrogate-control", "x-accel-expires", "edge-control"};
+    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
+        if ((Py_ssize_t)strlen(names[i]) == len && ascii_equal_nocase(name, names[i], (size_t)len)) return 1;
+    return 0;
+}
+
+/* 1: marked in place; 0: not a response start (send it as it is); -1: the reference must answer. */
+static int mark_private(PyObject *message) {
+    if (!PyDict_CheckExact(message)) return -1;
+    PyObject *type = PyDict_GetItemWithError(message, str_type);
+    if (type == NULL) return -1;  /* the reference raises KeyError (or passes on the error) */
+    if (!PyUnicode_CheckExact(type)) return -1;
+    int start = PyUnicode_Compare(type, str_start);
+    if (start == -1 && PyErr_Occurred()) return -1;
+    if (start != 0) return 0;
+    PyObject *headers = PyDict_GetItemWithError(message, str_headers);
+    if (headers == NULL && PyErr_Occurred()) return -1;
+    Py_ssize_t n = 0;
+    PyObject **items = NULL;
+    if (headers != NULL && headers != Py_None) {
+        if (!PyList_CheckExact(headers) && !PyTuple_CheckExact(headers)) return -1;
+        n = PySequence_Fast_GET_SIZE(headers);
+        items = PySequence_Fast_ITEMS(headers);
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *pair = items[i];
+        if (!PyTuple_CheckExact(pair) || PyTuple_GET_SIZE(pair) != 2) return -1;
+        PyObject *name = PyTuple_GET_ITEM(pair, 0);
+        if (!PyBytes_CheckExact(name)) return -1;
+        if (cache_header(PyBytes_AS_STRING(name), PyBytes_GET_SIZE(name))) return -1;
+    }
+    PyObject *marked = PyList_New(n + 1);
+    if (marked == NULL) return -1;
+    for (Py_ssize_t i = 0; i < n; i++) { Py_INCREF(items[i]); PyList_SET_ITEM(marked, i, items[i]); }
+    Py_INCREF(private_header);
+    PyList_SET_ITEM(marked, n, private_header);
+    int rc = PyDict_SetItem(message, str_headers, marked);
+    Py_DECREF(marked);
+    return rc < 0 ? -1 : 1;
+}
+
+static PyObject *PrivateSend_vectorcall(PyObject *callable, PyObject *const *args, size_t nargsf, PyObject *kw) {
+    PrivateSendObject *self = (PrivateSendObject *)callable;
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    if (nargs == 1 && kw == NULL) {
+        PyObject *message = args[0];
+        int rc = mark_private(message);
+        if (rc >= 0) return PyObject_CallOneArg(self->send, message);
+        if (PyErr_Occurred()) PyErr_Clear();  /* the reference meets the same input and words the error */
+    }
+    PyObject *call[3] = {NULL, self->send, nargs >= 1 ? args[0] : NULL};
+    if (nargs != 1 || kw != NULL) {  /* as a partial would: the reference raises the TypeError */
+        PyObject *all = PyTuple_New(nargs + 1);
+        if (all == NULL) return NULL;
+        Py_INCREF(self->send); PyTuple_SET_ITEM(all, 0, self->send);
+        for (Py_ssize_t i = 0; i < nargs; i++) { Py_INCREF(args[i]); PyTuple_SET_ITEM(all, i + 1, args[i]); }
+        PyObject *result = PyObject_Call(self->reference, all, kw);
+        Py_DECREF(all);
+        return result;
+    }
+    return PyObject_Vectorcall(self->reference, call + 1, 2 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+}
+
+static int PrivateSend_traverse(PrivateSendObject *self, visitproc visit, void *arg) {
+    Py_VISIT(self->reference);
+    Py_VISIT(self->send);
+    return 0;
+}
+
+static int PrivateSend_clear(PrivateSendObject *self) {
+    Py_CLEAR(self->reference);
+    Py_CLEAR(self->send);
+    return 0;
+}
+
+static void PrivateSend_dealloc(PrivateSendObject *self) {
+    PyObject_GC_UnTrack(self);
+    PrivateSend_clear(self);
+    PyObject_GC_Del(self);
+}
+
+static PyTypeObject PrivateSendType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "geofence.native._core.PrivateSend",
+    .tp_basicsize = sizeof(PrivateSendObject),
+    .tp_dealloc = (destructor)PrivateSend_dealloc,
+    .tp_vectorcall_offset = offsetof(PrivateSendObject, vectorcall),
+    .tp_call = PyVectorcall_Call,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
+    .tp_traverse = (traverseproc)PrivateSend_traverse,
+    .tp_clear = (inquiry)PrivateSend_clear,
+    .tp_doc = "send, marking the response Cache-Control: private (plumbing._send_private's fast path).",
+};
+
+static PyObject *private_send(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 2) { PyErr_SetString(PyExc_TypeError, "private_send(reference, send)"); return NULL; }
+    PrivateSendObject *self = PyObject_GC_New(PrivateSendObject, &PrivateSendType);
+    if (self == NULL) return NULL;
+    Py_INCREF(args[0]); self->reference = args[0];
+    Py_INCREF(args[1]); self->send = args[1];
+    self->vectorcall = PrivateSend_vectorcall;
+    PyObject_GC_Track(self);
+    return (PyObject *)self;
 }
 
 static PyObject *py_format_network(PyObject *module, PyObject *args) {
@@ -646,6 +778,8 @@ static PyMethodDef methods[] = {
      "request_key(scope, watched, needs_host, trusted_peer): as geofence.request.facts."},
     {"format_network", py_format_network, METH_VARARGS, "CIDR text of the network of prefix bits holding key."},
     {"authorization", authorization, METH_O, "The one plain bearer Authorization value of a header list, or None."},
+    {"private_send", (PyCFunction)(void (*)(void))private_send, METH_FASTCALL,
+     "private_send(reference, send): send, marking a response private (as partial(reference, send))."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -655,7 +789,7 @@ static struct PyModuleDef module_def = {
 };
 
 PyMODINIT_FUNC PyInit__core(void) {
-    if (PyType_Ready(&TreesType) < 0) return NULL;
+    if (PyType_Ready(&TreesType) < 0 || PyType_Ready(&PrivateSendType) < 0) return NULL;
     PyObject *m = PyModule_Create(&module_def);
     if (m == NULL) return NULL;
     str_headers = PyUnicode_InternFromString("headers");
@@ -665,6 +799,10 @@ PyMODINIT_FUNC PyInit__core(void) {
     str_method = PyUnicode_InternFromString("method");
     str_websocket = PyUnicode_InternFromString("WEBSOCKET");
     str_empty = PyUnicode_InternFromString("");
+    str_type = PyUnicode_InternFromString("type");
+    str_start = PyUnicode_InternFromString("http.response.start");
+    private_header = Py_BuildValue("(y#y#)", "cache-control", (Py_ssize_t)13, "private", (Py_ssize_t)7);
+    if (private_header == NULL) return NULL;
     no_headers = PyDict_New();
     refused = PyExc_ValueError; Py_INCREF(refused);
     Py_INCREF(&TreesType);
