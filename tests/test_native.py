@@ -143,6 +143,53 @@ def test_a_closed_locator_still_refuses_lookups(country_db: Path) -> None:
         locator.lookup("8.8.8.8")
 
 
+class _Agrees:
+    """What a walk that is wrong everywhere alike would answer when asked to confirm itself."""
+
+    def __eq__(self, other: object) -> bool:
+        return True
+
+    def __ne__(self, other: object) -> bool:
+        return False
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+@pytest.mark.parametrize("wrong", ["a record already learnt", "a record never learnt"])
+def test_a_walk_that_lands_on_the_wrong_record_is_switched_off_everywhere(
+    country_db: Path, wrong: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The self-check does not trust the walk to confirm itself: each record it finds must decode, apart from
+    the reader, to what the reader said, and one record must never stand for two answers. A failure switches
+    the walk off in the Locator and in every resolver built on it."""
+    locator = Locator([country_db])
+    resolver = locator.native_trees()  # as the middleware's state holds one
+    us, gb = address_key("8.8.8.8"), address_key("81.2.69.142")
+    assert locator.lookup("8.8.8.8").country == "US" and resolver.locate(address_key("8.8.8.9")) is not None
+    real = locator._trees
+    if wrong == "a record already learnt":
+        landed = real.records(us)  # a walk that finds the US record for a British address
+    else:
+        landed = real.records(address_key("5.8.1.1"))  # ...or the Russian one, not learnt yet
+
+    asked: list[int] = []
+
+    class Wrong:
+        def records(self, key: int) -> Any:
+            return landed if key == gb else real.records(key)
+
+        def locate(self, key: int) -> Any:  # unknown when asked to answer; agreeing when asked to confirm
+            asked.append(key)
+            return _Agrees() if asked.count(key) == 2 else None
+
+    locator._trees = Wrong()
+    assert locator.lookup("81.2.69.142").country == "GB"  # the reader's answer stands
+    assert not locator.native and locator.native_trees() is None
+    assert resolver.locate(address_key("8.8.8.9")) is None  # the resolver built before gives way too
+    assert locator.lookup("8.8.8.9").country == "US"
+    assert "disagreed with the reader" in caplog.text and asked.count(gb) <= 2
+
+
 @pytest.mark.parametrize("name", ["MaxMind-DB-test-broken-search-tree-24", "MaxMind-DB-test-broken-pointers-24"])
 def test_broken_trees_never_crash_the_walk(name: str) -> None:
     path = MAXMIND_TESTDATA / f"{name}.mmdb"
@@ -343,6 +390,104 @@ def test_private_marking_matches_the_reference() -> None:
         got = _sent(private_responses, copy.deepcopy(message))
         assert got == expected, message
     assert type(private_responses(lambda m: m)).__name__ == "PrivateSend"  # the native one was measured
+
+
+# --- templates: a new client with known facts on a known route -------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_a_new_client_with_known_facts_gets_its_own_network_and_exemption(write_db: Any) -> None:
+    """The native cold path reuses the decision of (route, location facts, exemption) for a new client: the
+    decision the app sees carries the new client's own network, a denial stays a denial, and an exempt network
+    with the same facts is decided apart."""
+    us = {"country": {"iso_code": "US", "names": {"en": "US"}}}
+    ru = {"country": {"iso_code": "RU", "names": {"en": "RU"}}}
+    db = write_db("t.mmdb", "GeoIP2-Country", {"8.8.8.0/24": us, "9.9.9.0/24": us, "7.7.7.0/24": us,
+                                               "5.8.0.0/16": ru, "5.9.0.0/16": ru})  # fmt: skip
+    config = {
+        "geoip": {"databases": [str(db)]},
+        "defaults": {"class": "EAR99"},
+        "classes": {"EAR99": {"deny_destinations": ["embargoed"]}, "US": {"allow_destinations": ["US"]}},
+        "routes": [{"path": "/us/**", "class": "US"}],
+        "exempt": {"networks": ["7.7.7.0/24"]},
+    }
+    recorder = Recorder()
+    app = GeofenceMiddleware(recorder, config=config)
+    assert app._state is not None and app._state.resolver is not None
+    for peer in ("8.8.8.8", "5.8.1.1"):  # the Python steps learn each record, then the native path answers
+        await send(app, "GET", "/us/a", peer=peer)
+        assert len(app._state.templates) == 0 if peer == "8.8.8.8" else 1
+        await send(app, "GET", "/us/a", peer=peer)
+    assert len(app._state.templates) == 2
+    for peer, status, network in [("9.9.9.9", 200, "9.9.9.0/24"), ("8.8.8.9", 200, "8.8.8.0/24"),
+                                  ("5.9.1.1", 451, None), ("5.8.2.2", 451, None)]:  # fmt: skip
+        response = await send(app, "GET", "/us/a", peer=peer)
+        assert response.status_code == status, peer
+        if network is not None:
+            decision = recorder.calls[-1]["decision"]
+            assert decision.location.network == network and decision.reasons == ()
+    templates = len(app._state.templates)
+    await send(app, "GET", "/us/a", peer="7.7.7.7")  # same facts as 8.8.8.0/24, but exempt: its own template
+    assert len(app._state.templates) == templates + 1
+    assert [r.detail for r in recorder.calls[-1]["decision"].reasons] == ["client in exempt network 7.7.7.0/24"]
+    assert (await send(app, "GET", "/us/b", peer="9.9.9.1")).status_code == 200  # another path, another entry
+    assert len(app._state.templates) == templates + 2
+    app.close()
+
+
+async def _status(app: Any, peer: str, method: str = "GET", path: str = "/", root_path: str = "",
+                  host: bytes = b"api.example") -> int:  # fmt: skip
+    """The status *app* answers a request built as a server builds its scope."""
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": method, "scheme": "http",
+             "path": path, "raw_path": path.encode(), "root_path": root_path, "query_string": b"",
+             "headers": [(b"host", host)], "client": (peer, 40000), "server": ("127.0.0.1", 8000)}  # fmt: skip
+    statuses: list[int] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def reply(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            statuses.append(message["status"])
+
+    await app(scope, receive, reply)
+    return statuses[0]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("allowed", "denied"),
+    [
+        ({"method": "GET", "path": "/m"}, {"method": "POST", "path": "/m"}),
+        ({"path": "/h"}, {"path": "/h", "host": b"secret.example"}),
+        ({"path": "/x/y"}, {"path": "/x/y", "root_path": "/x"}),
+    ],
+    ids=["method", "host", "root_path"],
+)
+async def test_what_routes_a_request_is_part_of_what_a_new_client_reuses(
+    write_db: Any, allowed: dict[str, Any], denied: dict[str, Any]
+) -> None:
+    """Two requests alike but for the method, the Host or the root path may have different classes: a new
+    client's reused decision is never the other one's (each is decided, from the same location)."""
+    de = {"country": {"iso_code": "DE", "names": {"en": "DE"}}}
+    db = write_db("de.mmdb", "GeoIP2-Country", {"2.2.2.0/24": de, "3.3.3.0/24": de})
+    config = {
+        "geoip": {"databases": [str(db)]},
+        "defaults": {"class": "EAR99"},
+        "classes": {"EAR99": {"deny_destinations": ["embargoed"]}, "US": {"allow_destinations": ["US"]}},
+        "routes": [
+            {"method": "POST", "path": "/m", "class": "US"},
+            {"host": "secret.example", "path": "/**", "class": "US"},
+            {"path": "/y", "class": "US"},
+        ],
+    }
+    app = GeofenceMiddleware(Recorder(), config=config)
+    for peer in ("2.2.2.1", "2.2.2.2", "2.2.2.3"):  # learnt, then decided on the native path with a template
+        assert await _status(app, peer, **allowed) == 200
+    assert app._state is not None and len(app._state.templates) >= 1
+    assert await _status(app, "3.3.3.1", **denied) == 451
+    assert await _status(app, "3.3.3.2", **allowed) == 200
+    app.close()
 
 
 # --- whole requests: the native middleware and the reference middleware decide alike ------------------------

@@ -42,35 +42,53 @@ class Decider:
         """Route and client location for a request key not seen before, and the decision itself when no
         identity and no request parameter can change it; and whether the client was known (the front cache
         admits only those: a flood of one-off clients neither pays for nor displaces its entries)."""
-        route = state.policy.routes.classify(facts.method, facts.host, facts.path, facts.root_path)
         resolver = state.resolver
         located = resolver.resolve(facts.peer, facts.forwarding) if resolver is not None else None
+        template_key = None
         if located is not None:  # the native path: the client and its location in one call, nothing cached
             network, facts_id, key, text = located
-            client: Client = (network, facts_id, None, state.policy.exempt_network(key), False, text)
+            exempt = state.policy.exempt_network(key)
+            seen = facts.key is not None and resolver.seen(facts.key)  # known by request key (no client cache)
+            template_key = (facts.method, facts.path, facts.root_path, facts.host, facts_id, exempt)
+            template = state.templates.get(template_key)
+            if template is not None:  # this route was decided for these facts: only the network is new
+                route, decision, private, plain = template
+                location = state.locator.location(network, facts_id)
+                where = new_where((location, None, exempt, False, text, facts_id))
+                return new_front((route, where, _with_location(decision, location), private, plain, None)), seen
+            client: Client = (network, facts_id, None, exempt, False, text)
         else:
             client, seen = self.client(state, scope, facts)
-        if resolver is not None:  # known by request key (the native path keeps no client cache)
-            seen = facts.key is not None and resolver.seen(facts.key)
+            if resolver is not None:
+                seen = facts.key is not None and resolver.seen(facts.key)
+        front = self.decided(state, scope, facts, client)
+        if template_key is not None and front.decision is not None and not front.route.also:
+            state.templates.put(template_key, (front.route, front.decision, front.private, front.plain), facts.size)
+        return front, seen
+
+    def decided(self, state: State, scope: Scope, facts: RequestFacts, client: Client) -> Front:
+        """The front entry of a request from *client*: its route, its location and (when nothing else plays a
+        part) its decision."""
+        route = state.policy.routes.classify(facts.method, facts.host, facts.path, facts.root_path)
         network, facts_id, problem, exempt, broken, text = client
         location = state.locator.location(network, facts_id) if network is not None else None
         where = new_where((location, problem, exempt, broken, text, facts_id))
         if not route.also:  # one spelling (most requests): skip the general loop below
             if route.params is not None:
-                return new_front((route, where, None, False, False, None)), seen
+                return new_front((route, where, None, False, False, None))
             if route.export_class in state.identity_classes:  # decided per request; its privacy is the class's
                 memo = [None] if core is not None and state.verifier is not None and self.resolver is None else None
                 private = privacy(facts.method, route.export_class, state)
-                return new_front((route, where, None, private, False, memo)), seen
+                return new_front((route, where, None, private, False, memo))
             decision = self.decide(state, scope, route.export_class, route.exempt or where.exempt, where)
         else:
             spellings = _spellings(route)
             if any(r.params is not None or r.export_class in state.identity_classes for r in spellings):
-                return new_front((route, where, None, False, False, None)), seen
+                return new_front((route, where, None, False, False, None))
             decision = self.strictest(state, scope, where, ((r.export_class, r.exempt) for r in spellings))
         private = privacy(facts.method, decision.export_class, state)
         plain = decision.allowed and not decision.reasons and decision.export_class not in state.record_allowed
-        return new_front((route, where, decision, private, plain, None)), seen
+        return new_front((route, where, decision, private, plain, None))
 
     def client(self, state: State, scope: Scope, facts: RequestFacts) -> tuple[Client, bool]:
         """The Python steps to the client and its location (the reference): cached per peer and trusted

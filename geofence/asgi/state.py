@@ -128,6 +128,10 @@ class State:
     front: BoundedCache[tuple[Any, ...], Front] = field(init=False)
     """Request key -> built route, location and decision: few, so a full collection of the garbage collector
     stays short; a miss costs a client-cache hit and a few tuples."""
+    templates: BoundedCache[tuple[Any, ...], tuple[Route, Decision, bool | None, bool]] = field(init=False)
+    """(method, path, root path, host, location facts id, exempt) -> (route, decision, private, plain) of a
+    one-spelling route decided by location alone: a new client with known facts on a known route costs one
+    lookup and a Location (the native path's cold request; see :meth:`geofence.asgi.deciding.Decider.front`)."""
     peers: BoundedCache[str | None, bool] = field(init=False)
     admissions: int = 0
     peer_trusted: Callable[[str | None], bool] = field(init=False)
@@ -139,6 +143,7 @@ class State:
         self.clients = budget.clients()
         self.front = budget.front()  # type: ignore[assignment]
         self.peers = BoundedCache(*budget.small(4096))
+        self.templates = BoundedCache(*budget.small(16_384))
 
     def admit(self) -> bool:
         """Whether a front-cache miss of a known client goes into the front cache. Always while there is room;

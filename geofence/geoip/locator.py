@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any, Final, Self
 
+from maxminddb.decoder import Decoder
 from maxminddb.errors import InvalidDatabaseError
 
 from ..caches.networks import NetworkCache
@@ -42,7 +43,17 @@ class Locator:
     OR-ed. The merged network is the intersection of the databases' networks.
     """
 
-    __slots__ = ("_cache", "_databases", "_fact_ids", "_facts", "_interning", "_records", "_trees")
+    __slots__ = (
+        "_cache",
+        "_databases",
+        "_decoders",
+        "_fact_ids",
+        "_facts",
+        "_interning",
+        "_records",
+        "_switched_off",
+        "_trees",
+    )
 
     def __init__(
         self,
@@ -78,6 +89,8 @@ class Locator:
         # The native walk (geofence/native): the tree walked in C, each distinct record (by its data offset, one
         # per database) decoded once by the reader, here, and its facts id learnt. No cache per network.
         self._records: dict[object, int] = {}
+        self._decoders: dict[int, tuple[Decoder, int]] = {}  # by database: the self-check's decoder, data start
+        self._switched_off = False
         self._trees: Any = self.native_trees()
 
     @property
@@ -93,8 +106,8 @@ class Locator:
     def native_trees(self, trusted: Sequence[tuple[int, int]] = (), header: bytes | None = None, limit: int = 0) -> Any:
         """The native walker over these databases, sharing what this Locator learnt; with *trusted* proxies and
         their *header* (X-Forwarded-For only), it also resolves a request's client. None without the extension
-        or without a database mapped for it."""
-        if core is None or any(db.buffer is None for db in self._databases):
+        or without a database mapped for it, or once the self-check switched the walk off."""
+        if core is None or self._switched_off or any(db.buffer is None for db in self._databases):
             return None
         shapes = [
             (db.buffer, db.metadata.node_count, db.metadata.record_size, db.ip_version, db.has_ipv4)
@@ -167,8 +180,10 @@ class Locator:
             text, v4 = ipv4_text, True
         prefix = 0
         answered: list[tuple[GeoDatabase, Facts]] = []
+        asked: list[Any] = []  # what each database said (for the native self-check)
         for db in self._databases:
             if (db.ip_version == 4 and not v4) or (v4 and not db.has_ipv4):
+                asked.append(_NOT_ASKED)
                 continue  # an IPv4-only (IPv6-only) database knows nothing of this whole family
             try:
                 record, length = db.reader.get_with_prefix_len(text)
@@ -176,6 +191,7 @@ class Locator:
                 if db.reader.closed:
                     raise DatabaseError(f"{db.info.path}: the database was closed") from None
                 raise DatabaseError(f"{db.info.path}: corrupt data at {text} ({exc})") from None
+            asked.append(record)
             length = (length if length > 0 else 0) + (96 if v4 else 0)
             if length > prefix:
                 prefix = length
@@ -189,20 +205,56 @@ class Locator:
             cached += 1
         self._cache.put(key, cached, f"{facts_id} {network}")
         if self._trees is not None:
-            self._learn(key, network, facts_id)
+            self._learn(key, network, facts_id, asked)
         return network, facts_id
 
-    def _learn(self, key: int, network: str, facts_id: int) -> None:
-        """Teach the native walk the facts of the records that answered *key*. The walk's own answer for *key*
-        must then equal the reader's, or this Locator stops walking natively (and says so)."""
-        trees = self._trees
-        records = trees.records(key)
-        if records is None:
-            return
-        self._records[records] = facts_id
-        if trees.locate(key) != (network, facts_id):
-            self._trees = None
-            log.warning("geofence: the native tree walk disagreed with the reader at %s; using the reader", network)
+    def _learn(self, key: int, network: str, facts_id: int, asked: list[Any]) -> None:
+        """Teach the native walk the facts of the records that answered *key*, once each record the walk
+        found (by its data offset) decodes, independently of the reader, to what the reader returned; the
+        walk's own answer for *key* must then equal the reader's. Any disagreement switches the native walk
+        off for this Locator and every resolver built on it (and says so)."""
+        with self._interning:  # one learner at a time: none writes after another switched the walk off
+            trees = self._trees
+            if trees is None:
+                return
+            records = trees.records(key)
+            if records is None:
+                return
+            known = self._records.get(records)
+            if known is None:
+                offsets = records if isinstance(records, tuple) else (records,)
+                if not all(self._decodes(i, offset, asked[i]) for i, offset in enumerate(offsets)):
+                    self._switch_off(network)
+                    return
+            elif known != facts_id:  # the same records, another answer: the walk found the wrong ones
+                self._switch_off(network)
+                return
+            self._records[records] = facts_id
+            if trees.locate(key) != (network, facts_id):
+                self._switch_off(network)
+
+    def _decodes(self, index: int, offset: int, record: Any) -> bool:
+        """Whether the native walk's *offset* in database *index* holds *record* (-2: not asked, -1: none)."""
+        if offset < 0:
+            return (offset == -2) == (record is _NOT_ASKED) and (offset == -2 or record is None)
+        found = self._decoders.get(index)
+        if found is None:
+            db = self._databases[index]
+            start = db.metadata.node_count * db.metadata.record_size // 4 + 16  # the data section, as the reader
+            found = self._decoders[index] = (Decoder(db.buffer, start), start)  # type: ignore[arg-type]
+        decoder, start = found
+        try:
+            return bool(decoder.decode(start + offset)[0] == record)
+        except (InvalidDatabaseError, ValueError, IndexError, UnicodeDecodeError):
+            return False
+
+    def _switch_off(self, network: str) -> None:
+        """Stop walking natively: every Trees built here reads its facts from ``_records``, emptied for good
+        (nothing learns into it once ``_trees`` is None), so each of them hands every request to the reader."""
+        self._trees = None
+        self._switched_off = True
+        self._records.clear()
+        log.warning("geofence: the native tree walk disagreed with the reader at %s; using the reader", network)
 
     def close(self) -> None:
         """Close the database readers. Lookups after this raise :class:`DatabaseError`."""
@@ -218,6 +270,7 @@ class Locator:
         self.close()
 
 
+_NOT_ASKED: Final = object()
 _NOT_ANONYMOUS: Final = Anonymizer()
 _NOT_FOUND: Final = (None, None, None, None, (), (), None, "not_found", ())
 _new_location: Final[Callable[[tuple[object, ...]], Location]] = partial(tuple.__new__, Location)
