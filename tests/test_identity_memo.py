@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from geofence import GeofenceMiddleware
 from geofence.native import core
@@ -39,7 +39,7 @@ def jwks_server() -> Iterator[JWKSServer]:
     server.close()
 
 
-def guarded(country_db: Path, url: str) -> GeofenceMiddleware:
+def guarded(country_db: Path, url: str, **identity: Any) -> GeofenceMiddleware:
     policy: dict[str, Any] = {
         "geoip": {"databases": [str(country_db)]},
         "identity": {
@@ -48,6 +48,7 @@ def guarded(country_db: Path, url: str) -> GeofenceMiddleware:
             "jwks_url": url,
             "jwks_refresh_seconds": 1,
             "leeway_seconds": 0,
+            **identity,
         },
         "classes": {"EAR99": {}, "C": {"allow_destinations": ["US"], "persons": "us_only"}},
         "routes": [{"path": "/weights/**", "class": "C"}],
@@ -112,4 +113,78 @@ async def test_a_withdrawn_signing_key_stops_vouching_for_every_remembered_ident
     refused = await send(middleware, "GET", "/weights/a", headers=bearer(us))
     assert refused.status_code == 401 and "unknown signing key" in refused.json()["reasons"][0]["detail"]
     assert (await send(middleware, "GET", "/weights/b", headers=bearer(new))).status_code == 200
+    middleware.close()
+
+
+@pytest.mark.parametrize(("source", "carry"), [("cookie:session", "cookie"), ("header:x-id-token", "x-id-token")])
+async def test_a_token_read_from_a_cookie_or_another_header_is_never_remembered_by_authorization(
+    country_db: Path, jwks_server: JWKSServer, source: str, carry: str
+) -> None:
+    """Where the token is not the Authorization value, that value (often the same for every client: an API
+    key) must not stand for the token: a caller sharing the request key and the Authorization value with an
+    allowed U.S. person, but carrying no token, another person's or a bad one, is decided on its own token."""
+    middleware = guarded(country_db, jwks_server.url, source=source)
+    shared = {"authorization": "Bearer public-api-key"}
+
+    def carrying(value: str) -> dict[str, str]:
+        return {**shared, carry: f"session={value}" if carry == "cookie" else value}
+
+    us, german = token(), token(us_person=False, nationalities=["DEU"])
+    for _ in range(3):
+        assert (await send(middleware, "GET", "/weights/a", headers=carrying(us))).status_code == 200
+    assert remembered(middleware) == []
+    assert (await send(middleware, "GET", "/weights/a", headers=shared)).status_code == 401
+    assert (await send(middleware, "GET", "/weights/a", headers=carrying(german))).status_code == 451
+    assert (await send(middleware, "GET", "/weights/a", headers=carrying("garbage"))).status_code == 401
+    middleware.close()
+
+
+async def test_a_kid_reused_for_a_new_key_stops_vouching_for_the_old_one(
+    country_db: Path, jwks_server: JWKSServer
+) -> None:
+    """An emergency rotation that keeps the kid: identities the replaced key signed are forgotten."""
+    middleware = guarded(country_db, jwks_server.url)
+    state = middleware._state
+    assert state is not None and state.verifier is not None
+    old = token()
+    for _ in range(3):
+        assert (await send(middleware, "GET", "/weights/a", headers=bearer(old))).status_code == 200
+    before = state.verifier.generation
+    state.verifier.config = dataclasses.replace(state.verifier.config, jwks_min_refresh_seconds=0)
+    replacement = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    jwks_server.keys = [jwk(replacement, "rsa-1")]  # the same kid, another key
+    state.verifier._refresh("test")
+    assert wait_until(lambda: state.verifier is not None and state.verifier.generation > before)
+    refused = await send(middleware, "GET", "/weights/a", headers=bearer(old))
+    assert refused.status_code == 401 and "signature" in refused.json()["reasons"][0]["detail"]
+    assert (await send(middleware, "GET", "/weights/a", headers=bearer(token(replacement)))).status_code == 200
+    middleware.close()
+
+
+async def test_whoever_reads_the_new_key_generation_finds_only_the_new_caches(
+    country_db: Path, jwks_server: JWKSServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The key change is published last: a request that sees the new generation never gets an identity from
+    the caches of before (which would then be remembered as vouched for by the new keys)."""
+    middleware = guarded(country_db, jwks_server.url)
+    state = middleware._state
+    assert state is not None and state.verifier is not None
+    verifier = state.verifier
+    us = token()
+    assert (await send(middleware, "GET", "/weights/a", headers=bearer(us))).status_code == 200
+    old_caches, before = (verifier._cache, verifier._by_value), verifier.generation
+    seen: list[tuple[int, bool]] = []
+
+    class Watched(type(verifier)):  # type: ignore[misc]
+        def __setattr__(self, name: str, value: Any) -> None:
+            if name == "generation":
+                seen.append((value, (self._cache, self._by_value) == old_caches))
+            super().__setattr__(name, value)
+
+    monkeypatch.setattr(verifier, "__class__", Watched)
+    verifier.config = dataclasses.replace(verifier.config, jwks_min_refresh_seconds=0)
+    jwks_server.keys = [jwk(ec.generate_private_key(ec.SECP256R1()), "ec-2")]
+    verifier._refresh("test")
+    assert wait_until(lambda: bool(seen))
+    assert seen == [(before + 1, False)]  # the new generation was published after both caches were replaced
     middleware.close()

@@ -253,6 +253,14 @@ def chains(rnd: random.Random) -> bytes:
     return joined.encode("latin-1")
 
 
+class _Text(str):
+    """Not a str to the reference (``type(text) is str``)."""
+
+
+class _Bytes(bytes):
+    """Not bytes to the native path: a subclass may run code of its own where the C reads a plain value."""
+
+
 def test_client_resolution_matches_the_reference(country_db: Path, anonymous_db: Path) -> None:
     """Wherever the native resolver answers, the reference resolves the same client, to the same location,
     with no problem; and it leaves every broken chain, rewrite and odd value to the reference."""
@@ -264,9 +272,12 @@ def test_client_resolution_matches_the_reference(country_db: Path, anonymous_db:
     answered = 0
     for _ in range(30_000):
         peer = rnd.choice([*_PEERS, None])
-        forwarding = {}
+        if peer is not None and rnd.random() < 0.05:
+            peer = _Text(peer)  # a str subclass: the reference refuses it (type(text) is str)
+        forwarding: Any = {}
         if rnd.random() < 0.7:
-            forwarding[b"x-forwarded-for"] = chains(rnd)
+            chain = chains(rnd)
+            forwarding[b"x-forwarded-for"] = _Bytes(chain) if rnd.random() < 0.05 else chain
         if rnd.random() < 0.1:
             forwarding[b"forwarded"] = b"for=8.8.8.8"
         scope = {"client": (peer, 1) if peer is not None else None}
@@ -295,6 +306,10 @@ def scopes(rnd: random.Random) -> Iterator[dict[str, Any]]:
         headers: list[Any] = [(rnd.choice(names), rnd.choice(values)) for _ in range(rnd.randrange(0, 6))]
         if rnd.random() < 0.03:
             headers.append([b"host", b"list-not-tuple"])
+        if rnd.random() < 0.03:
+            headers.append((_Bytes(rnd.choice(names)), rnd.choice(values)))
+        if rnd.random() < 0.03:
+            headers.append((rnd.choice(names), _Bytes(rnd.choice(values))))
         scope: dict[str, Any] = {"type": "http", "headers": headers if rnd.random() < 0.97 else tuple(headers)}
         for key, choices in (
             ("path", ["/v1/models", "/", "/x" * 1100, "/w%2F", "/é"]),
@@ -488,6 +503,37 @@ async def test_what_routes_a_request_is_part_of_what_a_new_client_reuses(
     assert await _status(app, "3.3.3.1", **denied) == 451
     assert await _status(app, "3.3.3.2", **allowed) == 200
     app.close()
+
+
+def test_header_names_of_a_bytes_subclass_are_left_to_the_reference() -> None:
+    """A bytes subclass runs code of its own: a ``__hash__`` that empties the header list mid-pass (nothing
+    may then read freed memory), an ``__eq__`` that claims to be the Host. The native pass takes exact types
+    only and hands such lists to the reference, which answers as it always does."""
+    headers: list[Any] = []
+
+    class Clearing(bytes):
+        def __hash__(self) -> int:
+            headers.clear()
+            return bytes.__hash__(self)
+
+    watched = frozenset({b"x-forwarded-for"})
+    for _ in range(200):
+        headers[:] = [(b"accept", b"*/*"), (Clearing(b"x-forwarded-for"), b"8.8.8.8"), (b"host", b"a" * 64)]
+        scope = {"type": "http", "headers": headers, "path": "/", "client": ("10.0.0.5", 1)}
+        expected = _outcome(reference_request_key, scope, watched, True, lambda p: True)
+        headers[:] = [(b"accept", b"*/*"), (Clearing(b"x-forwarded-for"), b"8.8.8.8"), (b"host", b"a" * 64)]
+        assert _outcome(core.request_key, scope, watched, True, lambda p: True) == expected  # type: ignore[union-attr]
+
+    class Host(bytes):  # says it is b"host" whatever it holds: the reference's == asks it, a memcmp would not
+        def __eq__(self, other: object) -> bool:
+            return other == b"host" or bytes.__eq__(self, other)  # type: ignore[arg-type]
+
+        __hash__ = bytes.__hash__
+
+    scope = {"type": "http", "headers": [(Host(b"x-host"), b"api.example")], "path": "/", "client": ("1.2.3.4", 1)}
+    expected = _outcome(reference_request_key, scope, watched, True, lambda p: True)
+    assert expected[1] == "api.example"
+    assert _outcome(core.request_key, scope, watched, True, lambda p: True) == expected  # type: ignore[union-attr]
 
 
 # --- whole requests: the native middleware and the reference middleware decide alike ------------------------

@@ -77,7 +77,8 @@ class Decider:
             if route.params is not None:
                 return new_front((route, where, None, False, False, None))
             if route.export_class in state.identity_classes:  # decided per request; its privacy is the class's
-                memo = [None] if core is not None and state.verifier is not None and self.resolver is None else None
+                verifier = state.verifier  # a memo by Authorization value, when that value is the token
+                memo = [None] if verifier is not None and verifier.by_authorization and self.resolver is None else None
                 private = privacy(facts.method, route.export_class, state)
                 return new_front((route, where, None, private, False, memo))
             decision = self.decide(state, scope, route.export_class, route.exempt or where.exempt, where)

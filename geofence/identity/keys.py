@@ -17,7 +17,7 @@ from typing import Any, Final
 
 import jwt
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
-from cryptography.hazmat.primitives.serialization import load_pem_public_key
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat, load_pem_public_key
 
 from .claims import IdentityError
 from .config import HMAC_MIN_BYTES, check_hmac_secret
@@ -120,6 +120,9 @@ class KeySet:
         for key in keys:
             self.by_kid[(key.family, key.kid)] = key
             self.by_family.setdefault(key.family, []).append(key)
+        self.material = frozenset((k.family, k.kid, k.alg, _public_bytes(k.key)) for k in keys)
+        """What the set vouches with: equal only for the same keys under the same kids (a kid reused for a new
+        key after an emergency rotation is a change)."""
 
     def find(self, algorithm: str, kid: str | None) -> Any | None:
         """The key for a token: by kid; or the only key of the family when the token or the key has no kid
@@ -137,3 +140,10 @@ class KeySet:
         if problem is not None:
             raise IdentityError(problem)
         return found.key
+
+
+def _public_bytes(key: Any) -> bytes:
+    """The DER SubjectPublicKeyInfo of a public key (RSA, EC, Ed25519, Ed448), or the raw bytes of a secret."""
+    if isinstance(key, bytes | bytearray):
+        return bytes(key)
+    return bytes(key.public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo))

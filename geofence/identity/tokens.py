@@ -115,7 +115,10 @@ class TokenVerifier:
         self._by_value: BoundedCache[bytes, Identity] | None = None
         self.generation = 0
         """Counts signing-key changes: what remembers an identity outside these caches checks it."""
-        if core is not None and config.source.lower() == "authorization":
+        self.by_authorization = core is not None and config.source.lower() == "authorization"
+        """Whether the token is the request's plain ``Authorization`` value, which may then stand for it: what
+        remembers identities by another header or a cookie would answer for a token it never read."""
+        if self.by_authorization:
             self._by_value = BoundedCache(*self._budget.small(4096))
         # So a replayed bad token costs no signature check: (reason, until).
         self._rejected: BoundedCache[bytes, tuple[str, float]] = BoundedCache(*self._budget.small(16_384))
@@ -156,16 +159,18 @@ class TokenVerifier:
             request = urllib.request.Request(url or "", headers={"Accept": "application/json"})
             with urllib.request.urlopen(request, timeout=5) as response:
                 document = json.loads(response.read(1 << 20))
-            keys = jwks_keys(document, str(url), strict=False)
-            changed = set(self._keys.by_kid) != {(key.family, key.kid) for key in keys}
-            self._keys = KeySet(keys)
+            keys = KeySet(jwks_keys(document, str(url), strict=False))
+            changed = keys.material != self._keys.material  # a kid reused for another key is a change too
+            self._keys = keys
             if changed:  # a key withdrawn from the JWKS must stop vouching for cached identities
                 self._cache = BoundedCache(*self._budget.identities())
-                self.generation += 1
                 if self._by_value is not None:
                     self._by_value = BoundedCache(*self._budget.small(4096))
+                # Last: whoever read the old generation may have used the old caches, and is voided by this;
+                # whoever reads the new one finds only the new caches.
+                self.generation += 1
             self._fetched = time.monotonic()
-            log.info("geofence: loaded %d signing keys from %s (%s)", len(keys), url, why)
+            log.info("geofence: loaded %d signing keys from %s (%s)", len(keys.by_kid), url, why)
         except Exception as exc:  # never let one surprise kill the refresh thread or the cached keys
             log.error("geofence: cannot fetch JWKS from %s (%s): %s; keeping %d cached keys",
                       url, why, exc, len(self._keys.by_kid))  # fmt: skip
@@ -213,7 +218,8 @@ class TokenVerifier:
         """The verified identity of *token*; :class:`IdentityError` with the reason otherwise."""
         digest = hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
         now = time.time()
-        cached = self._cache.get(digest)
+        cache = self._cache  # read once: a verification with the keys of before never lands in a newer cache
+        cached = cache.get(digest)
         if cached is not None and cached.expires is not None and now < cached.expires:
             return cached
         rejected = self._rejected.get(digest)
@@ -227,7 +233,7 @@ class TokenVerifier:
                 self._rejected.put(digest, (reason, now + _REJECTED_SECONDS), len(reason))
             raise
         if identity.expires is not None:  # no readable expiry: verified now, never cached
-            self._cache.put(digest, identity, 400 + 8 * len(identity.nationalities))
+            cache.put(digest, identity, 400 + 8 * len(identity.nationalities))
         return identity
 
     def _verify(self, token: str, now: float) -> Identity:

@@ -39,7 +39,11 @@ static PyObject *key_to_long(u128 key) {
 static int long_to_key(PyObject *value, u128 *key) {
     if (!PyLong_Check(value)) { PyErr_SetString(PyExc_TypeError, "a key must be an int"); return -1; }
     unsigned char bytes[16];
+#if PY_VERSION_HEX >= 0x030D0000  /* 3.13 added with_exceptions */
+    if (_PyLong_AsByteArray((PyLongObject *)value, bytes, 16, 0, 0, 1) < 0) return -1;
+#else
     if (_PyLong_AsByteArray((PyLongObject *)value, bytes, 16, 0, 0) < 0) return -1;
+#endif
     u128 k = 0;
     for (int i = 0; i < 16; i++) k = (k << 8) | bytes[i];
     *key = k;
@@ -137,56 +141,67 @@ static PyObject *format_network(u128 key, int prefix) {
 /* ---------------------------------------------------------------------------------------------------------- */
 /* request_key (geofence/request/facts.py)                                                                   */
 
+/* One (name, value) header of request_key's pass (exact bytes): collected into *forwarding if watched,
+ * else read into *host if it is the Host. 0, or -1 with an error set. */
+static int one_header(PyObject *pair, PyObject *watched, int needs_host, PyObject **forwarding, PyObject **host,
+                      int *seen_host) {
+    PyObject *name = PyTuple_GET_ITEM(pair, 0), *value = PyTuple_GET_ITEM(pair, 1);
+    int hit = PySet_Contains(watched, name);
+    if (hit < 0) return -1;
+    if (hit) {
+        if (*forwarding == NULL && (*forwarding = PyDict_New()) == NULL) return -1;
+        PyObject *previous = PyDict_GetItemWithError(*forwarding, name);  /* exact bytes, ours alone */
+        if (previous == NULL) return PyErr_Occurred() ? -1 : PyDict_SetItem(*forwarding, name, value);
+        Py_ssize_t a = PyBytes_GET_SIZE(previous), b = PyBytes_GET_SIZE(value);
+        PyObject *joined = PyBytes_FromStringAndSize(NULL, a + 1 + b);
+        if (joined == NULL) return -1;
+        char *out = PyBytes_AS_STRING(joined);
+        memcpy(out, PyBytes_AS_STRING(previous), a);
+        out[a] = ',';
+        memcpy(out + a + 1, PyBytes_AS_STRING(value), b);
+        int rc = PyDict_SetItem(*forwarding, name, joined);
+        Py_DECREF(joined);
+        return rc;
+    }
+    if (needs_host && PyBytes_GET_SIZE(name) == 4 && memcmp(PyBytes_AS_STRING(name), "host", 4) == 0) {
+        if (*seen_host) {
+            PyErr_SetString(refused, "the request has more than one Host header");
+            return -1;
+        }
+        *seen_host = 1;
+        *host = PyUnicode_DecodeLatin1(PyBytes_AS_STRING(value), PyBytes_GET_SIZE(value), NULL);
+        if (*host == NULL) return -1;
+    }
+    return 0;
+}
+
 static PyObject *fast_key(PyObject *const *args, Py_ssize_t nargs) {
     if (nargs != 4) { PyErr_SetString(PyExc_TypeError, "request_key(scope, watched, needs_host, trusted_peer)"); return NULL; }
     PyObject *scope = args[0], *watched = args[1], *trusted_peer = args[3];
     int needs_host = PyObject_IsTrue(args[2]);
-    if (!PyDict_Check(scope) || !PyFrozenSet_Check(watched)) Py_RETURN_NONE;
+    /* Exact types only, here and below: a subclass may run Python code (a __hash__, a __getitem__) that the
+     * reference runs its own way, or that changes the header list under this loop. */
+    if (!PyDict_CheckExact(scope) || !PyFrozenSet_CheckExact(watched)) Py_RETURN_NONE;
     PyObject *headers = PyDict_GetItemWithError(scope, str_headers);
-    if (headers == NULL || !(PyList_Check(headers) || PyTuple_Check(headers))) {
+    if (headers == NULL || !(PyList_CheckExact(headers) || PyTuple_CheckExact(headers))) {
         if (PyErr_Occurred()) return NULL;
         Py_RETURN_NONE;  /* not a list: the reference iterates whatever it is */
     }
     PyObject *forwarding = NULL, *host = NULL, *result = NULL;
     int seen_host = 0;
-    Py_ssize_t n = PySequence_Fast_GET_SIZE(headers);
-    PyObject **items = PySequence_Fast_ITEMS(headers);
-    for (Py_ssize_t i = 0; i < n; i++) {
-        PyObject *pair = items[i];
-        if (!PyTuple_Check(pair) || PyTuple_GET_SIZE(pair) != 2 || !PyBytes_Check(PyTuple_GET_ITEM(pair, 0)) ||
-            !PyBytes_Check(PyTuple_GET_ITEM(pair, 1))) {
+    /* The list is re-read at each step (an allocation below may run a collection, and a finalizer could
+     * change it), and each pair is held while its name and value are in use. */
+    for (Py_ssize_t i = 0; i < PySequence_Fast_GET_SIZE(headers); i++) {
+        PyObject *pair = PySequence_Fast_GET_ITEM(headers, i);
+        if (!PyTuple_CheckExact(pair) || PyTuple_GET_SIZE(pair) != 2 ||
+            !PyBytes_CheckExact(PyTuple_GET_ITEM(pair, 0)) || !PyBytes_CheckExact(PyTuple_GET_ITEM(pair, 1))) {
             Py_XDECREF(forwarding); Py_XDECREF(host);
-            Py_RETURN_NONE;  /* lists, bytearrays...: the reference's unpacking decides */
+            Py_RETURN_NONE;  /* lists, bytearrays, subclasses...: the reference's unpacking decides */
         }
-        PyObject *name = PyTuple_GET_ITEM(pair, 0), *value = PyTuple_GET_ITEM(pair, 1);
-        int hit = PySet_Contains(watched, name);
-        if (hit < 0) goto fail;
-        if (hit) {
-            if (forwarding == NULL && (forwarding = PyDict_New()) == NULL) goto fail;
-            PyObject *previous = PyDict_GetItemWithError(forwarding, name);
-            if (previous == NULL) {
-                if (PyErr_Occurred() || PyDict_SetItem(forwarding, name, value) < 0) goto fail;
-            } else {
-                Py_ssize_t a = PyBytes_GET_SIZE(previous), b = PyBytes_GET_SIZE(value);
-                PyObject *joined = PyBytes_FromStringAndSize(NULL, a + 1 + b);
-                if (joined == NULL) goto fail;
-                char *out = PyBytes_AS_STRING(joined);
-                memcpy(out, PyBytes_AS_STRING(previous), a);
-                out[a] = ',';
-                memcpy(out + a + 1, PyBytes_AS_STRING(value), b);
-                int rc = PyDict_SetItem(forwarding, name, joined);
-                Py_DECREF(joined);
-                if (rc < 0) goto fail;
-            }
-        } else if (needs_host && PyBytes_GET_SIZE(name) == 4 && memcmp(PyBytes_AS_STRING(name), "host", 4) == 0) {
-            if (seen_host) {
-                PyErr_SetString(refused, "the request has more than one Host header");
-                goto fail;
-            }
-            seen_host = 1;
-            host = PyUnicode_DecodeLatin1(PyBytes_AS_STRING(value), PyBytes_GET_SIZE(value), NULL);
-            if (host == NULL) goto fail;
-        }
+        Py_INCREF(pair);
+        int rc = one_header(pair, watched, needs_host, &forwarding, &host, &seen_host);
+        Py_DECREF(pair);
+        if (rc < 0) goto fail;
     }
     if (host == NULL) { host = str_empty; Py_INCREF(host); }
     if (needs_host && PyUnicode_GET_LENGTH(host) == 0) {
@@ -210,7 +225,7 @@ static PyObject *fast_key(PyObject *const *args, Py_ssize_t nargs) {
     PyObject *method = PyDict_GetItemWithError(scope, str_method);
     if (method == NULL && PyErr_Occurred()) { Py_DECREF(peer); goto fail; }
     if (method == NULL || method == Py_None || !PyObject_IsTrue(method)) method = str_websocket;
-    if (!PyUnicode_Check(method) || !PyUnicode_Check(path) || !PyUnicode_Check(root_path)) {
+    if (!PyUnicode_CheckExact(method) || !PyUnicode_CheckExact(path) || !PyUnicode_CheckExact(root_path)) {
         Py_DECREF(peer); Py_XDECREF(forwarding); Py_DECREF(host);
         Py_RETURN_NONE;  /* the reference's len() and key decide odd types */
     }
@@ -404,7 +419,7 @@ static PyObject *Trees_records(TreesObject *self, PyObject *arg) {
 }
 
 static const char *as_text(PyObject *s, Py_ssize_t *len) {
-    if (!PyUnicode_Check(s) || !PyUnicode_IS_ASCII(s)) return NULL;
+    if (!PyUnicode_CheckExact(s) || !PyUnicode_IS_ASCII(s)) return NULL;  /* the reference: type(s) is str */
     *len = PyUnicode_GET_LENGTH(s);
     return (const char *)PyUnicode_DATA(s);
 }
@@ -460,13 +475,13 @@ static PyObject *Trees_resolve(TreesObject *self, PyObject *const *args, Py_ssiz
     const char *text = peer == Py_None ? NULL : as_text(peer, &len);
     u128 key;
     if (text == NULL || memchr(text, '%', len) != NULL || parse_key(text, len, &key) < 0) Py_RETURN_NONE;
-    Py_ssize_t forwarded = PyDict_Check(forwarding) ? PyDict_GET_SIZE(forwarding) : -1;
+    Py_ssize_t forwarded = PyDict_CheckExact(forwarding) ? PyDict_GET_SIZE(forwarding) : -1;
     if (forwarded < 0) Py_RETURN_NONE;
     PyObject *client_text = peer;
     Py_INCREF(client_text);
     if (in_ranges(&self->trusted, key)) {
         PyObject *value = self->header == Py_None ? NULL : PyDict_GetItemWithError(forwarding, self->header);
-        if (value == NULL || !PyBytes_Check(value) || PyBytes_GET_SIZE(value) > self->max_header_bytes) {
+        if (value == NULL || !PyBytes_CheckExact(value) || PyBytes_GET_SIZE(value) > self->max_header_bytes) {
             Py_DECREF(client_text);
             if (PyErr_Occurred()) return NULL;
             Py_RETURN_NONE;  /* no header, another header, too long: the reference words the broken chain */
@@ -537,32 +552,35 @@ static PyObject *Trees_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     if (ranges_from(special, &self->special) < 0 || ranges_from(trusted, &self->trusted) < 0) goto fail;
     PyObject *fast = PySequence_Fast(dbs, "databases must be a sequence");
     if (fast == NULL) goto fail;
-    self->n = PySequence_Fast_GET_SIZE(fast);
-    self->trees = PyMem_Calloc(self->n ? self->n : 1, sizeof(Tree));
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(fast);
+    self->trees = PyMem_Calloc(n ? n : 1, sizeof(Tree));
     if (self->trees == NULL) { Py_DECREF(fast); PyErr_NoMemory(); goto fail; }
-    for (Py_ssize_t i = 0; i < self->n; i++) {
+    self->n = n;  /* only now: the deallocator walks n trees */
+    for (Py_ssize_t i = 0; i < n; i++) {
         Tree *t = &self->trees[i];
         PyObject *buffer;
-        unsigned int node_count, record_size, ip_version;
+        Py_ssize_t node_count, record_size, ip_version;  /* range-checked below, not truncated */
         int has_ipv4;
-        if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(fast, i), "OIIIp", &buffer, &node_count, &record_size,
+        if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(fast, i), "Onnnp", &buffer, &node_count, &record_size,
                               &ip_version, &has_ipv4) ||
             PyObject_GetBuffer(buffer, &t->view, PyBUF_SIMPLE) < 0) { Py_DECREF(fast); goto fail; }
-        size_t tree_size = (size_t)record_size * 2 / 8 * node_count;
+        size_t tree_size = node_count > 0 && node_count < ((Py_ssize_t)1 << 32) && record_size > 0
+                               ? (size_t)record_size * 2 / 8 * (size_t)node_count : (size_t)-1;
         if ((record_size != 24 && record_size != 28 && record_size != 32) || (ip_version != 4 && ip_version != 6) ||
-            node_count == 0 || tree_size + 16 > (size_t)t->view.len) {
+            tree_size == (size_t)-1 || tree_size + 16 > (size_t)t->view.len) {
             Py_DECREF(fast);
             PyErr_SetString(PyExc_ValueError, "not a MaxMind search tree of that shape");
             goto fail;
         }
         t->tree = t->view.buf;
-        t->node_count = node_count; t->record_size = record_size; t->ip_version = ip_version;
+        t->node_count = (uint32_t)node_count; t->record_size = (uint32_t)record_size;
+        t->ip_version = (uint32_t)ip_version;
         t->has_ipv4 = (uint32_t)has_ipv4;
         t->data_size = (size_t)t->view.len - tree_size - 16;
         uint32_t node = 0;
         int depth = 0;
         if (ip_version == 6)
-            while (depth < 96 && node < node_count) { node = record_at(t, node, 0); depth++; }
+            while (depth < 96 && node < t->node_count) { node = record_at(t, node, 0); depth++; }
         t->v4_start = node; t->v4_depth = depth;
     }
     Py_DECREF(fast);
@@ -618,19 +636,19 @@ static int ascii_equal_nocase(const char *a, const char *lower, size_t len) {
  * value ("bearer " in any case, nothing after the token), else None: none, several, or anything odd, which
  * the Python token reader then answers (or refuses). The same object the server gave: a cache key. */
 static PyObject *authorization(PyObject *module, PyObject *headers) {
-    if (!(PyList_Check(headers) || PyTuple_Check(headers))) Py_RETURN_NONE;
-    Py_ssize_t n = PySequence_Fast_GET_SIZE(headers);
+    if (!(PyList_CheckExact(headers) || PyTuple_CheckExact(headers))) Py_RETURN_NONE;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(headers);  /* nothing below runs Python code or allocates */
     PyObject **items = PySequence_Fast_ITEMS(headers), *found = NULL;
     for (Py_ssize_t i = 0; i < n; i++) {
         PyObject *pair = items[i];
-        if (!PyTuple_Check(pair) || PyTuple_GET_SIZE(pair) != 2 || !PyBytes_Check(PyTuple_GET_ITEM(pair, 0)))
+        if (!PyTuple_CheckExact(pair) || PyTuple_GET_SIZE(pair) != 2 || !PyBytes_CheckExact(PyTuple_GET_ITEM(pair, 0)))
             Py_RETURN_NONE;
         PyObject *name = PyTuple_GET_ITEM(pair, 0);
         if (PyBytes_GET_SIZE(name) != 13 || memcmp(PyBytes_AS_STRING(name), "authorization", 13) != 0) continue;
         if (found != NULL) Py_RETURN_NONE;
         found = PyTuple_GET_ITEM(pair, 1);
     }
-    if (found == NULL || !PyBytes_Check(found)) Py_RETURN_NONE;
+    if (found == NULL || !PyBytes_CheckExact(found)) Py_RETURN_NONE;
     const char *v = PyBytes_AS_STRING(found);
     Py_ssize_t len = PyBytes_GET_SIZE(found);
     if (len < 8 || !ascii_equal_nocase(v, "bearer ", 7)) Py_RETURN_NONE;
@@ -689,11 +707,10 @@ static int mark_private(PyObject *message) {
         if (!PyBytes_CheckExact(name)) return -1;
         if (cache_header(PyBytes_AS_STRING(name), PyBytes_GET_SIZE(name))) return -1;
     }
-    PyObject *marked = PyList_New(n + 1);
+    /* A copy taken in one step (the scan above ran no Python code; an allocation here may), then the mark. */
+    PyObject *marked = n == 0 ? PyList_New(0) : PySequence_List(headers);
     if (marked == NULL) return -1;
-    for (Py_ssize_t i = 0; i < n; i++) { Py_INCREF(items[i]); PyList_SET_ITEM(marked, i, items[i]); }
-    Py_INCREF(private_header);
-    PyList_SET_ITEM(marked, n, private_header);
+    if (PyList_Append(marked, private_header) < 0) { Py_DECREF(marked); return -1; }
     int rc = PyDict_SetItem(message, str_headers, marked);
     Py_DECREF(marked);
     return rc < 0 ? -1 : 1;
