@@ -59,6 +59,18 @@ def guarded(country_db: Path, url: str, **identity: Any) -> GeofenceMiddleware:
     return middleware
 
 
+async def warmed(country_db: Path, url: str, value: str) -> tuple[GeofenceMiddleware, Any]:
+    """A guarded app that allowed *value* three times (verified, then remembered every way), and its verifier,
+    its refresh no longer rate-limited (30 s, not a policy setting): lifted for the test."""
+    middleware = guarded(country_db, url)
+    state = middleware._state
+    assert state is not None and state.verifier is not None
+    for _ in range(3):
+        assert (await send(middleware, "GET", "/weights/a", headers=bearer(value))).status_code == 200
+    state.verifier.config = dataclasses.replace(state.verifier.config, jwks_min_refresh_seconds=0)
+    return middleware, state.verifier
+
+
 def bearer(value: str) -> dict[str, str]:
     return {"authorization": f"Bearer {value}"}
 
@@ -96,20 +108,14 @@ async def test_another_token_a_duplicate_header_and_expiry_are_never_answered_fr
 async def test_a_withdrawn_signing_key_stops_vouching_for_every_remembered_identity(
     country_db: Path, jwks_server: JWKSServer
 ) -> None:
-    middleware = guarded(country_db, jwks_server.url)
-    state = middleware._state
-    assert state is not None and state.verifier is not None
     us = token()
-    for _ in range(3):  # verified, then remembered by digest, by value and in the front entry
-        assert (await send(middleware, "GET", "/weights/a", headers=bearer(us))).status_code == 200
-    before = state.verifier.generation
-    # the refresh an unknown kid starts is rate-limited (30 s, not a policy setting): lifted for the test
-    state.verifier.config = dataclasses.replace(state.verifier.config, jwks_min_refresh_seconds=0)
+    middleware, verifier = await warmed(country_db, jwks_server.url, us)
+    before = verifier.generation
     rotated = ec.generate_private_key(ec.SECP256R1())
     jwks_server.keys = [jwk(rotated, "ec-2")]  # rsa-1 withdrawn
     new = token(rotated, "ES256", "ec-2")
     assert (await send(middleware, "GET", "/weights/b", headers=bearer(new))).status_code == 401  # starts a refresh
-    assert wait_until(lambda: state.verifier is not None and state.verifier.generation > before)
+    assert wait_until(lambda: verifier.generation > before)
     refused = await send(middleware, "GET", "/weights/a", headers=bearer(us))
     assert refused.status_code == 401 and "unknown signing key" in refused.json()["reasons"][0]["detail"]
     assert (await send(middleware, "GET", "/weights/b", headers=bearer(new))).status_code == 200
@@ -143,18 +149,13 @@ async def test_a_kid_reused_for_a_new_key_stops_vouching_for_the_old_one(
     country_db: Path, jwks_server: JWKSServer
 ) -> None:
     """An emergency rotation that keeps the kid: identities the replaced key signed are forgotten."""
-    middleware = guarded(country_db, jwks_server.url)
-    state = middleware._state
-    assert state is not None and state.verifier is not None
     old = token()
-    for _ in range(3):
-        assert (await send(middleware, "GET", "/weights/a", headers=bearer(old))).status_code == 200
-    before = state.verifier.generation
-    state.verifier.config = dataclasses.replace(state.verifier.config, jwks_min_refresh_seconds=0)
+    middleware, verifier = await warmed(country_db, jwks_server.url, old)
+    before = verifier.generation
     replacement = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     jwks_server.keys = [jwk(replacement, "rsa-1")]  # the same kid, another key
-    state.verifier._refresh("test")
-    assert wait_until(lambda: state.verifier is not None and state.verifier.generation > before)
+    verifier._refresh("test")
+    assert wait_until(lambda: verifier.generation > before)
     refused = await send(middleware, "GET", "/weights/a", headers=bearer(old))
     assert refused.status_code == 401 and "signature" in refused.json()["reasons"][0]["detail"]
     assert (await send(middleware, "GET", "/weights/a", headers=bearer(token(replacement)))).status_code == 200
@@ -166,12 +167,7 @@ async def test_whoever_reads_the_new_key_generation_finds_only_the_new_caches(
 ) -> None:
     """The key change is published last: a request that sees the new generation never gets an identity from
     the caches of before (which would then be remembered as vouched for by the new keys)."""
-    middleware = guarded(country_db, jwks_server.url)
-    state = middleware._state
-    assert state is not None and state.verifier is not None
-    verifier = state.verifier
-    us = token()
-    assert (await send(middleware, "GET", "/weights/a", headers=bearer(us))).status_code == 200
+    middleware, verifier = await warmed(country_db, jwks_server.url, token())
     old_caches, before = (verifier._cache, verifier._by_value), verifier.generation
     seen: list[tuple[int, bool]] = []
 
@@ -182,7 +178,6 @@ async def test_whoever_reads_the_new_key_generation_finds_only_the_new_caches(
             super().__setattr__(name, value)
 
     monkeypatch.setattr(verifier, "__class__", Watched)
-    verifier.config = dataclasses.replace(verifier.config, jwks_min_refresh_seconds=0)
     jwks_server.keys = [jwk(ec.generate_private_key(ec.SECP256R1()), "ec-2")]
     verifier._refresh("test")
     assert wait_until(lambda: bool(seen))
