@@ -18,6 +18,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,11 +56,15 @@ async def send(message: dict[str, Any]) -> None:
     pass
 
 
-def per_request_us(app: Any, scopes: Sequence[Scope], collect: bool = True) -> float:
+def per_request_us(
+    app: Any, scopes: Sequence[Scope], collect: bool = True, settle: Callable[[int], None] | None = None
+) -> float:
     """Mean µs per request over *scopes*, one span (each scope is copied: apps may write into it).
 
     With *collect*, a full garbage collection first, so a batch does not pay for the garbage of the batch before
-    it (variants run in turn); collections triggered by the batch itself are measured.
+    it (variants run in turn); collections triggered by the batch itself are measured. *settle(n)*, inside the
+    span: wait for work the batch of *n* requests left to a background thread (the audit writer), so that work
+    is counted here and not in whichever variant runs next.
     """
     if collect:
         gc.collect()
@@ -68,6 +73,8 @@ def per_request_us(app: Any, scopes: Sequence[Scope], collect: bool = True) -> f
         start = time_ns()
         for s in scopes:
             await app(dict(s), receive, send)
+        if settle is not None:
+            settle(len(scopes))
         return (time_ns() - start) / len(scopes) / 1000
 
     return asyncio.run(run())
@@ -293,3 +300,32 @@ def _git(*args: str) -> str | None:
 
 def machine_line(m: dict[str, Any]) -> str:
     return f"{m['cpu']}, {m['cores']} cores; {m['implementation']} {m['python']}; {m['os']}"
+
+
+def audit_settler(middleware: Any) -> Callable[[int], None]:
+    """A *settle* for :func:`per_request_us`: waits until the middleware's audit writer has written (or dropped)
+    every record of the batch, at the records-per-request rate it measures on its first batch (drained, then
+    counted: records reach ``written`` a batch of the writer's at a time)."""
+    rate: list[float] = []
+
+    def done() -> int:
+        writer = middleware._live.state.audit
+        return int(writer.written + writer.dropped)
+
+    base = [done()]
+
+    def settle(n: int) -> None:
+        writer = middleware._live.state.audit
+        if not rate:  # the first batch: wait for the queue to empty and the count to stand still
+            last = -1
+            while writer.queue_depth or done() != last:
+                last = done()
+                time.sleep(0.005)
+            rate.append(round((done() - base[0]) / n))  # whole records per request (a stray one aside)
+        else:
+            target = base[0] + rate[0] * n
+            while done() < target:
+                time.sleep(0.0001)
+        base[0] = done()
+
+    return settle

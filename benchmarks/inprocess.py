@@ -35,6 +35,7 @@ from benchmarks import apps, peer
 from benchmarks.common import (
     Scope,
     Table,
+    audit_settler,
     fresh_networks,
     interleaved,
     median,
@@ -75,6 +76,8 @@ class Variant:
     scopes: Callable[[int], list[Scope]]
     """*n* scopes for one round; cold variants return addresses or tokens never used before."""
     expect: int = 200
+    settle: Callable[[int], None] | None = None
+    """Waits, inside the timing, for the background work a batch left (see common.per_request_us)."""
 
     @property
     def share(self) -> float:
@@ -111,13 +114,16 @@ def build(framework: str, keys: Sequence[str], seed: int = 7) -> dict[str, Varia
     def id_cold(n: int) -> list[Scope]:
         return [scope(WARM_CLIENT, apps.IDENTITY_PATH, [apps.bearer(next(tokens))]) for _ in range(n)]
 
+    def audited(app: Any, scopes: Callable[[int], list[Scope]]) -> Variant:
+        return Variant("audit", app, scopes, settle=audit_settler(app))
+
     makers: dict[str, Callable[[], Variant]] = {
         "bare": lambda: Variant("bare", factory(), warm),
         "noop": lambda: Variant("noop", apps.Noop(factory()), warm),
         "floor": lambda: Variant("floor", apps.DataFloor(factory()), cold(1)),
         "warm": lambda: Variant("warm", apps.protect(factory()), warm),
         "lean": lambda: Variant("lean", apps.protect(factory(), apps.example_policy(private_cache=False)), warm),
-        "audit": lambda: Variant("audit", apps.protect(factory(), apps.example_policy(audit=apps.audit_file())), warm),
+        "audit": lambda: audited(apps.protect(factory(), apps.example_policy(audit=apps.audit_file())), warm),
         "cold": lambda: Variant("cold", apps.protect(factory()), cold(2)),
         "id_warm": lambda: Variant("id_warm", apps.protect(factory()), id_warm),
         "id_cold": lambda: Variant("id_cold", apps.protect(factory()), id_cold),
@@ -136,7 +142,7 @@ def warm_up(variants: dict[str, Variant], n: int = 200) -> None:
         got = status_of(v.app, first)
         if got != v.expect:
             raise RuntimeError(f"in-process variant {v.key}: expected {v.expect}, got {got} for {first['path']}")
-        per_request_us(v.app, v.scopes(max(10, int(n * v.share))))
+        per_request_us(v.app, v.scopes(max(10, int(n * v.share))), settle=v.settle)
 
 
 REFERENCE: Final = "@reference"
@@ -162,7 +168,7 @@ def measure(framework: str, n: int, rounds: int, keys: Sequence[str] | None = No
     warm_up(variants)
 
     def run(v: Variant) -> Callable[[], float]:
-        return lambda: per_request_us(v.app, v.scopes(max(20, int(n * v.share))))
+        return lambda: per_request_us(v.app, v.scopes(max(20, int(n * v.share))), settle=v.settle)
 
     samples = interleaved(rounds, {key: run(v) for key, v in variants.items()})
     base = median(samples["bare"])
