@@ -131,5 +131,5 @@ def read_template(path: Path) -> Template:
 
 @functools.cache
 def default_template() -> Template:
-    """The bundled denial page (``geofence/templates/denial.html``), read and checked once."""
+    """The bundled denial page (``geofence/policy/templates/denial.html``), read and checked once."""
     return read_template(_DEFAULT)
