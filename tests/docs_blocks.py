@@ -17,7 +17,8 @@ A block is checked by its language unless the line right above its fence says ot
 
 Directives:
 
-* ``fragment`` — only the syntax is checked; ``{...}`` and ``[...]`` stand for elided JSON.
+* ``fragment`` — a JSON block whose syntax alone is checked; ``{...}`` and ``[...]`` stand for elided JSON
+  (a python example always runs as pasted).
 * ``continues`` — a python block that runs after the python block before it.
 * ``requests=GET /path from IP -> STATUS, ...`` — see ``python`` above.
 * ``policy`` — a whole policy file, not a fragment.

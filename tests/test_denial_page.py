@@ -191,13 +191,15 @@ async def test_the_request_id_on_the_page_and_in_the_json_is_the_logged_and_audi
     country_db: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     trail = tmp_path / "audit.jsonl"
-    middleware = GeofenceMiddleware(app, config={**policy(country_db), "audit": {"path": str(trail)}})
+    config = {**policy(country_db), "audit": {"path": str(trail)}, "proxies": {"trusted": ["10.0.0.0/8"]}}
+    middleware = GeofenceMiddleware(app, config=config)
+    via_proxy = {"accept": HTML, "x-forwarded-for": "5.8.1.1"}
     try:
         with caplog.at_level(logging.INFO, logger="geofence.decision"):
             browser = await get(middleware, headers={"accept": HTML})
             api = await get(middleware)
-            proxied = await get(middleware, headers={"accept": HTML, "x-request-id": "edge-42"})
-            hostile = await get(middleware, headers={"accept": HTML, "x-request-id": "<b>x</b>"})
+            proxied = await get(middleware, peer="10.0.0.1", headers={**via_proxy, "x-request-id": "edge-42"})
+            hostile = await get(middleware, peer="10.0.0.1", headers={**via_proxy, "x-request-id": "<b>x</b>"})
     finally:
         middleware.close()  # flushes the audit trail
     shown = [re.search(r"<dt>Request id</dt><dd><code>([^<]*)</code>", r.text).group(1)  # type: ignore[union-attr]
@@ -208,6 +210,21 @@ async def test_the_request_id_on_the_page_and_in_the_json_is_the_logged_and_audi
     logged = [re.search(r"request_id=(\S+)$", r).group(1) for r in records]  # type: ignore[union-attr]
     assert shown == audited == logged
     assert len(set(shown)) == 4 and shown[2] == "edge-42" and "<" not in shown[3]
+
+
+async def test_only_a_trusted_proxys_request_id_is_taken_and_its_own_comes_last(country_db: Path) -> None:
+    """A client's own X-Request-ID would let it give its records another request's id: only a configured
+    proxy's is taken, and of several the last (a proxy that adds its own puts it after the client's)."""
+    config = {**policy(country_db), "proxies": {"trusted": ["10.0.0.0/8"]}}
+    middleware = GeofenceMiddleware(app, config=config)
+    direct = await get(middleware, headers={"x-request-id": "req-42"})
+    assert direct.status_code == 451 and re.fullmatch(r"[0-9a-f]{12}-[0-9a-f]+", direct.json()["request_id"])
+    forwarded = [("x-forwarded-for", "5.8.1.1"), ("x-request-id", "forged-by-client"), ("x-request-id", "edge-7")]
+    proxied = await get(middleware, peer="10.0.0.1", headers=forwarded)
+    assert proxied.status_code == 451 and proxied.json()["request_id"] == "edge-7"
+    untrusted = await get(middleware, peer="5.8.9.9", headers=forwarded)  # not a configured proxy
+    assert untrusted.json()["request_id"] not in ("edge-7", "forged-by-client")
+    middleware.close()
 
 
 async def test_json_log_format_carries_the_same_id(country_db: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -323,10 +340,10 @@ def test_every_text_colour_has_aa_contrast_on_every_background() -> None:
 # --- [response] template and contact in the policy -----------------------------------------------------------
 
 
-def _policy_file(tmp_path: Path, country_db: Path, response: str) -> Path:
+def _policy_file(tmp_path: Path, country_db: Path, response: str, proxies: str = "") -> Path:
     path = tmp_path / "policy.toml"
     path.write_text(
-        f'[geoip]\ndatabases = ["{country_db}"]\n[classes.EAR99]\ndeny_destinations = ["embargoed"]\n'
+        f'[geoip]\ndatabases = ["{country_db}"]\n{proxies}[classes.EAR99]\ndeny_destinations = ["embargoed"]\n'
         f"[response]\n{response}\n"
     )
     return path
@@ -341,9 +358,10 @@ async def test_a_template_next_to_the_policy_replaces_the_page_with_every_placeh
     response = (
         'template = "pages/denial.html"\ncontact = "<Export desk>"\nblocked_by = "https://example.com/export-controls"'
     )
-    path = _policy_file(tmp_path, country_db, response)
+    path = _policy_file(tmp_path, country_db, response, proxies='[proxies]\ntrusted = ["10.0.0.0/8"]\n')
     middleware = GeofenceMiddleware(app, config=path)
-    response = await get(middleware, headers={"accept": HTML, "x-request-id": "req-9"})
+    headers = {"accept": HTML, "x-request-id": "req-9", "x-forwarded-for": "5.8.1.1"}
+    response = await get(middleware, peer="10.0.0.1", headers=headers)
     values = dict(re.findall(r"^(\w+)=\[(.*)\]$", response.text, re.M))
     assert set(values) == set(PLACEHOLDERS)
     assert values["status"] == "451" and values["title"] == "Unavailable For Legal Reasons"

@@ -32,6 +32,7 @@ def config(country_db: Path, audit: Path) -> dict[str, Any]:
         "defaults": {"class": "OPEN"},  # the route's own class restricts nobody: the middleware marks nothing
         "classes": {"OPEN": {"unknown_location": "allow"}, "4E091": {"allow_destinations": ["US"]}},
         "audit": {"path": str(audit), "include": "controlled"},
+        "proxies": {"trusted": ["10.0.0.0/8"]},  # whose X-Request-ID is taken (request/ids.py)
     }
 
 
@@ -98,9 +99,10 @@ APPS: dict[str, tuple[Callable[[], Any], str]] = {
 
 
 async def get(app: Any, path: str, peer: str) -> httpx.Response:
-    transport = httpx.ASGITransport(app=app, client=(peer, 40000))
+    """A request from *peer* through the trusted proxy, which gives it a request id."""
+    transport = httpx.ASGITransport(app=app, client=("10.0.0.1", 40000))
     async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
-        return await client.get(path, headers={"x-request-id": f"req-{peer}"})
+        return await client.get(path, headers={"x-forwarded-for": peer, "x-request-id": f"req-{peer}"})
 
 
 def records(audit: Path) -> list[tuple[str, str, str]]:
@@ -368,11 +370,11 @@ async def test_every_record_of_one_request_carries_one_id(country_db: Path, tmp_
     policy["classes"]["ALLIES"] = {"deny_destinations": ["CU"], "unknown_location": "allow"}
     policy["audit"]["include"] = "all"  # the route's own allowed decision is recorded too
     middleware = GeofenceMiddleware(Starlette(routes=[Route("/weights", weights)]), config=policy)
-    transport = httpx.ASGITransport(app=middleware, client=("8.8.8.8", 40000))
+    transport = httpx.ASGITransport(app=middleware, client=("10.0.0.1", 40000))
     async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
         shown = []
         for headers in ({}, {"x-request-id": "bad id\r\n"}, {"x-request-id": "req-7"}):
-            response = await client.get("/weights", headers=headers)
+            response = await client.get("/weights", headers={**headers, "x-forwarded-for": "8.8.8.8"})
             assert response.status_code == 200
             shown.append(response.text)
     middleware.close()

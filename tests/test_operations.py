@@ -154,10 +154,14 @@ async def test_decision_log_lines_carry_the_request_id_in_either_format(
     write_db: Any, caplog: pytest.LogCaptureFixture, fmt: str
 ) -> None:
     db = write_db("fresh.mmdb", "GeoIP2-Country", NETWORKS)
-    middleware = GeofenceMiddleware(Recorder(), config={**config(db), "logging": {"format": fmt}})
+    policy = {**config(db), "logging": {"format": fmt}, "proxies": {"trusted": ["10.0.0.0/8"]}}
+    middleware = GeofenceMiddleware(Recorder(), config=policy)
+    proxied = {"x-forwarded-for": "5.8.1.1"}  # a trusted proxy's X-Request-ID is taken (request/ids.py)
     with caplog.at_level(logging.INFO, logger="geofence.decision"):
-        await send(middleware, "GET", "/x%0D%0Ainjected", peer="5.8.1.1", headers={"x-request-id": "req-42.a"})
-        await send(middleware, "GET", "/y", peer="5.8.1.1", headers={"x-request-id": "bad id\n"})
+        await send(
+            middleware, "GET", "/x%0D%0Ainjected", peer="10.0.0.1", headers={**proxied, "x-request-id": "req-42.a"}
+        )
+        await send(middleware, "GET", "/y", peer="10.0.0.1", headers={**proxied, "x-request-id": "bad id\n"})
     first, second = [r.getMessage() for r in caplog.records if r.name == "geofence.decision"]
     assert "\n" not in first + second
     if fmt == "json":

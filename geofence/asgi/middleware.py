@@ -31,7 +31,7 @@ from ..native import describe, missing
 from ..policy.decision import AUDIT_UNAVAILABLE, ERROR, Decision, Reason, error_decision
 from ..policy.load import Policy
 from ..request.facts import Refused, read_request, request_key
-from ..request.ids import request_id
+from ..request.ids import TRUST_KEY, request_id
 from .deciding import Decider, privacy
 from .health import health_report
 from .plumbing import (
@@ -195,7 +195,7 @@ class GeofenceMiddleware:
                 decision, private, plain = self._internal_error(state, scope, exc), False, False
         if plain and (state.stale_at is None or time.time() < state.stale_at):
             # The warm path: an allowed decision with nothing to record.
-            _publish(scope, decision, state.policy, self, where)
+            _publish(scope, decision, state, self, where)
             if private:
                 send = private_responses(send)
             elif private is None:
@@ -239,7 +239,7 @@ class GeofenceMiddleware:
         """Everything but the warm path: a stale database, the audit trail, report mode, denials."""
         if state.stale_at is not None or state.audit is not None:
             decision = self._checked(state, decision)
-        scope_state = _publish(scope, decision, state.policy, self, where)
+        scope_state = _publish(scope, decision, state, self, where)
         client = where.client if where is not None else None
         decision = scope_state[STATE_KEY] = self.recorder.decided(decision, scope, state, client)
         if decision.allowed:
@@ -378,15 +378,17 @@ def _guard(state: State, scope: Scope, scope_state: Any, decision: Decision, cur
 
 
 def _publish(
-    scope: Scope, decision: Decision | None, policy: Policy, middleware: GeofenceMiddleware, where: Where | None
+    scope: Scope, decision: Decision | None, state: State, middleware: GeofenceMiddleware, where: Where | None
 ) -> dict[str, Any]:
     """Put the decision, the policy, the middleware and the resolved client where the app and the per-endpoint
-    helpers read them (``scope["state"]``); returns that dict."""
+    helpers read them (``scope["state"]``), and who is a trusted proxy (whose ``X-Request-ID`` is taken: see
+    request/ids.py); returns that dict."""
     scope_state = scope.get("state")
     if scope_state is None:
         scope_state = scope["state"] = {}
     scope_state[STATE_KEY] = decision
-    scope_state[POLICY_KEY] = policy
+    scope_state[POLICY_KEY] = state.policy
     scope_state[MIDDLEWARE_KEY] = middleware
     scope_state[CLIENT_KEY] = where
+    scope_state[TRUST_KEY] = state.peer_trusted
     return scope_state

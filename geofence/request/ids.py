@@ -1,7 +1,9 @@
 """Request ids: one per request, shared by its log line, its audit records and the app.
 
-The client's or proxy's ``X-Request-ID`` when it is a plain token (so records join with the proxy's logs), else
-a new one, unique per process (a random prefix) and per request (a counter).
+A trusted proxy's ``X-Request-ID`` when it is a plain token (so records join with the proxy's logs), else a new
+one, unique per process (a random prefix) and per request (a counter). A client's own header is not taken: it
+could give its records another request's id. Who is a trusted proxy, the middleware says per request
+(:data:`TRUST_KEY`); with no middleware to say so, nobody is.
 """
 
 from __future__ import annotations
@@ -12,9 +14,11 @@ import uuid
 from collections.abc import Iterable, MutableMapping
 from typing import Any, Final
 
-__all__ = ["REQUEST_ID_KEY", "RequestId", "header_request_id", "pending_id", "request_id"]
+__all__ = ["REQUEST_ID_KEY", "TRUST_KEY", "RequestId", "header_request_id", "pending_id", "request_id"]
 
 REQUEST_ID_KEY: Final = "geofence.request_id"
+TRUST_KEY: Final = "geofence.request_id.trusts"
+"""In ``scope["state"]``: whether a peer (``scope["client"][0]``, None for a Unix socket) is a configured proxy."""
 _PENDING_KEY: Final = "geofence.request_id.pending"  # a RequestId not fixed yet
 
 _REQUEST_ID: Final = re.compile(rb"[A-Za-z0-9._:-]{1,64}")
@@ -22,13 +26,27 @@ _ID_PREFIX: Final = uuid.uuid4().hex[:12] + "-"  # unique per process; a counter
 _ID_COUNTER: Final = itertools.count(1)
 
 
-def header_request_id(headers: Iterable[tuple[bytes, bytes]]) -> str:
-    """The ``X-Request-ID`` of *headers* when it is a plain token (so records join with the proxy's logs), else
-    a new id: unique per process (random prefix) and per request (a counter)."""
-    for name, value in headers:
-        if name == b"x-request-id" and _REQUEST_ID.fullmatch(value):
-            return value.decode("ascii")
+def header_request_id(headers: Iterable[tuple[bytes, bytes]], trusted: bool = True) -> str:
+    """The last ``X-Request-ID`` of *headers* when the sender is *trusted* and it is a plain token (a proxy that
+    adds its own puts it after the client's), else a new id: unique per process (random prefix) and per request
+    (a counter)."""
+    if trusted:
+        given = None
+        for name, value in headers:
+            if name == b"x-request-id":
+                given = value
+        if given is not None and _REQUEST_ID.fullmatch(given):
+            return given.decode("ascii")
     return f"{_ID_PREFIX}{next(_ID_COUNTER):x}"
+
+
+def trusted_sender(scope: MutableMapping[str, Any]) -> bool:
+    """Whether the middleware vouches for the peer that sent *scope* (a configured proxy)."""
+    trusts = scope.get("state", {}).get(TRUST_KEY)
+    if trusts is None:
+        return False
+    client = scope.get("client")
+    return bool(trusts(client[0] if client else None))
 
 
 class RequestId:
@@ -40,16 +58,17 @@ class RequestId:
     request later gets the same id. Lock-free: the first ``append`` wins and every reader takes ``[0]``.
     """
 
-    __slots__ = ("_fixed", "_headers")
+    __slots__ = ("_fixed", "_scope")
 
-    def __init__(self, headers: Iterable[tuple[bytes, bytes]]) -> None:
-        self._headers = headers
+    def __init__(self, scope: MutableMapping[str, Any]) -> None:
+        self._scope = scope
         self._fixed: list[str] = []
 
     def __str__(self) -> str:
         fixed = self._fixed
         if not fixed:
-            fixed.append(header_request_id(self._headers))
+            scope = self._scope
+            fixed.append(header_request_id(scope.get("headers", ()), trusted_sender(scope)))
         return fixed[0]
 
 
@@ -62,18 +81,21 @@ def pending_id(scope: MutableMapping[str, Any]) -> str | RequestId:
         return str(found)
     pending = state.get(_PENDING_KEY)
     if pending is None:
-        pending = state[_PENDING_KEY] = RequestId(scope["headers"])
+        pending = state[_PENDING_KEY] = RequestId(scope)
     return pending  # type: ignore[no-any-return]
 
 
 def request_id(scope: MutableMapping[str, Any]) -> str:
-    """The request's id for logs, audit records and the denial: the client's or proxy's ``X-Request-ID`` when it
-    is a plain token (so records join with the proxy's logs), else a new one. Every record of a request carries
-    the same id; it is kept in ``scope["state"]["geofence.request_id"]``, so the app can log it too."""
+    """The request's id for logs, audit records and the denial: a trusted proxy's ``X-Request-ID`` when it is a
+    plain token (so records join with the proxy's logs), else a new one. Every record of a request carries the
+    same id; it is kept in ``scope["state"]["geofence.request_id"]``, so the app can log it too."""
     state = scope.setdefault("state", {})
     found = state.get(REQUEST_ID_KEY)
     if found is None:  # setdefault: another caller may fix it at the same time; the first one wins
         pending = state.get(_PENDING_KEY)
-        fixed = str(pending) if pending is not None else header_request_id(scope.get("headers", ()))
+        if pending is not None:
+            fixed = str(pending)
+        else:
+            fixed = header_request_id(scope.get("headers", ()), trusted_sender(scope))
         found = state.setdefault(REQUEST_ID_KEY, fixed)
     return str(found)
