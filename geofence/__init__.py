@@ -7,6 +7,7 @@ facts and the :class:`Policy`) -> :class:`Decision`. See README.md.
 
 from __future__ import annotations
 
+from . import asgi, identity, moved, policy, request
 from .asgi.middleware import GeofenceMiddleware
 from .asgi.responses import DenialResponse
 from .errors import DatabaseError, GeofenceError, InvalidAddressError
@@ -21,6 +22,8 @@ from .policy.decision import Decision, Reason, decide, error_decision
 from .policy.load import Policy, PolicyError, load_policy, parse_policy
 from .request.ids import request_id
 from .version import __version__
+
+moved.install({"asgi": asgi, "identity": identity, "policy": policy, "request": request})  # 0.1's import paths
 
 __all__ = [
     "Anonymizer",
