@@ -190,6 +190,22 @@ def test_a_walk_that_lands_on_the_wrong_record_is_switched_off_everywhere(
     assert "disagreed with the reader" in caplog.text and asked.count(gb) <= 2
 
 
+def test_records_past_the_decoded_sample_are_learnt_all_the_same(
+    country_db: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The independent decode is a sample after the first records (a city database has a new record nearly
+    every lookup); a record outside the sample is learnt, not taken for a disagreement."""
+    import geofence.geoip.locator as locator_module
+
+    monkeypatch.setattr(locator_module, "_DECODE_ALL", 1)
+    monkeypatch.setattr(locator_module, "_DECODE_EVERY", 10**9)
+    locator = Locator([country_db])
+    for ip in ("8.8.8.8", "81.2.69.142", "5.8.1.1", "2a02:ff0::1"):
+        assert locator.lookup(ip).country is not None
+    assert locator.native and len(locator._records) == 4
+    assert locator.native_trees().locate(address_key("5.8.9.9")) is not None
+
+
 @pytest.mark.parametrize("name", ["MaxMind-DB-test-broken-search-tree-24", "MaxMind-DB-test-broken-pointers-24"])
 def test_broken_trees_never_crash_the_walk(name: str) -> None:
     path = MAXMIND_TESTDATA / f"{name}.mmdb"
