@@ -284,6 +284,8 @@ def _sampled(learnt: int) -> bool:
     """Whether the self-check decodes the next record learnt, after *learnt* records (measured: a pure-Python
     decode of a city record costs ~50 µs, a whole cold lookup ~2 µs)."""
     return learnt < _DECODE_ALL or learnt % _DECODE_EVERY == 0
+
+
 _NOT_ANONYMOUS: Final = Anonymizer()
 _NOT_FOUND: Final = (None, None, None, None, (), (), None, "not_found", ())
 _new_location: Final[Callable[[tuple[object, ...]], Location]] = partial(tuple.__new__, Location)
