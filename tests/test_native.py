@@ -516,8 +516,13 @@ async def test_what_routes_a_request_is_part_of_what_a_new_client_reuses(
     for peer in ("2.2.2.1", "2.2.2.2", "2.2.2.3"):  # learnt, then decided on the native path with a template
         assert await _status(app, peer, **allowed) == 200
     assert app._state is not None and len(app._state.templates) >= 1
+    decided = app._decider.decided
+    calls: list[object] = []
+    app._decider.decided = lambda *a: calls.append(a) or decided(*a)  # type: ignore[method-assign]
     assert await _status(app, "3.3.3.1", **denied) == 451
+    assert len(calls) == 1  # decided anew, not from the other request's template
     assert await _status(app, "3.3.3.2", **allowed) == 200
+    assert len(calls) == 1  # this one reused its template
     app.close()
 
 

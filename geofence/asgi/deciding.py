@@ -9,7 +9,7 @@ by the body, query or headers; the warm path never reaches them.
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping
 from functools import partial
 from typing import Any, Final
 
@@ -38,6 +38,25 @@ class Decider:
         self.resolver = resolver
         self.warnings = warnings
 
+    def reuse(self, state: State, key: tuple[Any, ...], forwarding: Mapping[bytes, bytes]) -> tuple[Front, bool] | None:
+        """The native path's new client on a route already decided for its location facts: the front entry
+        from that template with this client's own network, before the request's facts are even read; and
+        whether the key was seen. None when it does not apply (then :meth:`front` decides)."""
+        resolver = state.resolver
+        located = resolver.resolve(key[4], forwarding) if resolver is not None else None  # key[4]: the peer
+        if located is None:
+            return None
+        network, facts_id, client, text = located
+        exempt = state.policy.exempt_network(client)
+        template = state.templates.get(_template_key(key, facts_id, exempt))
+        if template is None:
+            return None
+        route, decision, private, plain = template
+        location = state.locator.location(network, facts_id)
+        where = new_where((location, None, exempt, False, text, facts_id))
+        front = new_front((route, where, _with_location(decision, location), private, plain, None))
+        return front, resolver.seen(key)
+
     def front(self, state: State, scope: Scope, facts: RequestFacts) -> tuple[Front, bool]:
         """Route and client location for a request key not seen before, and the decision itself when no
         identity and no request parameter can change it; and whether the client was known (the front cache
@@ -49,13 +68,7 @@ class Decider:
             network, facts_id, key, text = located
             exempt = state.policy.exempt_network(key)
             seen = facts.key is not None and resolver.seen(facts.key)  # known by request key (no client cache)
-            template_key = (facts.method, facts.path, facts.root_path, facts.host, facts_id, exempt)
-            template = state.templates.get(template_key)
-            if template is not None:  # this route was decided for these facts: only the network is new
-                route, decision, private, plain = template
-                location = state.locator.location(network, facts_id)
-                where = new_where((location, None, exempt, False, text, facts_id))
-                return new_front((route, where, _with_location(decision, location), private, plain, None)), seen
+            template_key = _template_key(facts.key, facts_id, exempt) if facts.key is not None else None
             client: Client = (network, facts_id, None, exempt, False, text)
         else:
             client, seen = self.client(state, scope, facts)
@@ -63,6 +76,7 @@ class Decider:
                 seen = facts.key is not None and resolver.seen(facts.key)
         front = self.decided(state, scope, facts, client)
         if template_key is not None and front.decision is not None and not front.route.also:
+            # what :meth:`reuse` answers the next new client with these facts on this route
             state.templates.put(template_key, (front.route, front.decision, front.private, front.plain), facts.size)
         return front, seen
 
@@ -212,6 +226,12 @@ def _with_location(decision: Decision, location: Location) -> Decision:
 
 
 _new_decision: Final[Callable[[tuple[Any, ...]], Decision]] = partial(tuple.__new__, Decision)
+
+
+def _template_key(key: tuple[Any, ...], facts_id: int, exempt: str | None) -> tuple[Any, ...]:
+    """What a template is kept by: a request key's method, path, root path and host (everything that routes
+    it), the client's location facts and its exemption."""
+    return (key[0], key[1], key[2], key[3], facts_id, exempt)
 
 
 def _spellings(route: Route) -> tuple[Route, ...]:

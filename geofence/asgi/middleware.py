@@ -30,7 +30,7 @@ from ..identity.claims import Identity
 from ..native import describe, missing
 from ..policy.decision import AUDIT_UNAVAILABLE, ERROR, Decision, Reason, error_decision
 from ..policy.load import Policy
-from ..request.facts import Refused, read_request, request_key
+from ..request.facts import Refused, key_size, read_request, request_key
 from ..request.ids import TRUST_KEY, request_id
 from .deciding import Decider, privacy
 from .health import health_report
@@ -212,10 +212,16 @@ class GeofenceMiddleware:
         """A request key not in the front cache: work it out (and keep it, unless the key is uncacheable)."""
         metrics = state.metrics
         started = time.perf_counter() if metrics is not None else 0.0
-        facts = read_request(scope, key, host, forwarding)
-        front, seen = self._decider.front(state, scope, facts)
-        if key is not None and seen and state.admit():
-            state.front.put(key, front, facts.size + (MEMO_BYTES if front.memo is not None else 0))
+        reused = self._decider.reuse(state, key, forwarding) if key is not None else None
+        if reused is not None:  # a new client on a route decided for its location before: facts not read
+            front, seen = reused
+            if seen and state.admit():
+                state.front.put(key, front, key_size(key, forwarding))  # type: ignore[arg-type]
+        else:
+            facts = read_request(scope, key, host, forwarding)
+            front, seen = self._decider.front(state, scope, facts)
+            if key is not None and seen and state.admit():
+                state.front.put(key, front, facts.size + (MEMO_BYTES if front.memo is not None else 0))
         if metrics is not None:
             metrics.miss(time.perf_counter() - started)
             if state.audit is not None:

@@ -23,6 +23,7 @@ __all__ = [
     "MAX_KEY_BYTES",
     "Refused",
     "RequestFacts",
+    "key_size",
     "read_request",
     "reference_request_key",
     "request_key",
@@ -135,7 +136,12 @@ def read_request(
         root_path = scope.get("root_path", "")
         method = scope.get("method") or "WEBSOCKET"
         peer = client[0] if client else None
-    size = len(method) + len(path) + len(host) + len(root_path)
-    if forwarding:
-        size += sum(len(v) for v in forwarding.values())
+    size = key_size((method, path, root_path, host), forwarding)
     return _new_facts((method, path, root_path, host, peer, forwarding, key, size))
+
+
+def key_size(key: tuple[Any, ...], forwarding: Mapping[bytes, bytes]) -> int:
+    """:attr:`RequestFacts.size`: bytes of client text in a request key (its method, path, root path and host
+    first) and its forwarding headers."""
+    size = len(key[0]) + len(key[1]) + len(key[2]) + len(key[3])
+    return size + sum(len(v) for v in forwarding.values()) if forwarding else size
