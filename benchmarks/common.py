@@ -302,29 +302,35 @@ def machine_line(m: dict[str, Any]) -> str:
     return f"{m['cpu']}, {m['cores']} cores; {m['implementation']} {m['python']}; {m['os']}"
 
 
-def audit_settler(middleware: Any) -> Callable[[int], None]:
-    """A *settle* for :func:`per_request_us`: waits until the middleware's audit writer has written (or dropped)
-    every record of the batch, at the records-per-request rate it measures on its first batch (drained, then
-    counted: records reach ``written`` a batch of the writer's at a time)."""
-    rate: list[float] = []
+def audit_settler(middleware: Any, timeout: float = 60.0) -> Callable[[int], None]:
+    """A *settle* for :func:`per_request_us`: waits until the middleware's audit writer has written, dropped or
+    failed every record of the batch, at the records-per-request rate it measures on its first batch (drained,
+    then counted: records reach ``written`` a batch of the writer's at a time). Raises rather than wait past
+    *timeout*, or when the first batch recorded nothing (the variant would measure no audit trail)."""
+    rate: list[int] = []
 
     def done() -> int:
         writer = middleware._live.state.audit
-        return int(writer.written + writer.dropped)
+        return int(writer.written + writer.dropped + writer.errors)
 
     base = [done()]
 
     def settle(n: int) -> None:
         writer = middleware._live.state.audit
+        deadline = time.monotonic() + timeout
         if not rate:  # the first batch: wait for the queue to empty and the count to stand still
             last = -1
             while writer.queue_depth or done() != last:
                 last = done()
                 time.sleep(0.005)
             rate.append(round((done() - base[0]) / n))  # whole records per request (a stray one aside)
+            if rate[0] == 0:
+                raise RuntimeError("audit variant: its first batch recorded nothing")
         else:
             target = base[0] + rate[0] * n
             while done() < target:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"audit writer: {target - done()} records still unwritten after {timeout} s")
                 time.sleep(0.0001)
         base[0] = done()
 

@@ -227,6 +227,31 @@ async def test_only_a_trusted_proxys_request_id_is_taken_and_its_own_comes_last(
     middleware.close()
 
 
+@pytest.mark.parametrize(("peer", "given", "kept"), [("10.0.0.5", "proxy-id-7", True), ("8.8.8.8", "victim-42", False)])
+async def test_the_sender_of_an_id_is_the_peer_geofence_saw_even_if_the_app_rewrites_the_client(
+    country_db: Path, tmp_path: Path, peer: str, given: str, kept: bool
+) -> None:
+    """The audit writer fixes an allowed record's id after the app ran; an app (or an inner proxy-headers
+    middleware) that rewrote ``scope["client"]`` by then changes nothing: the proxy's id is kept, a client's
+    is not taken."""
+    trail = tmp_path / "audit.jsonl"
+    config = {**policy(country_db), "proxies": {"trusted": ["10.0.0.0/8"]}, "audit": {"path": str(trail)}}
+    config["classes"]["US"] = {"allow_destinations": ["US"]}
+    config["routes"] = [{"path": "/us", "class": "US"}]
+
+    async def rewriting(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        scope["client"] = ("10.0.0.9" if peer == "8.8.8.8" else "8.8.8.8", 1)  # now trusted, or now not
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    middleware = GeofenceMiddleware(rewriting, config=config)
+    headers = {"x-forwarded-for": "8.8.8.8", "x-request-id": given}
+    assert (await get(middleware, "/us", peer=peer, headers=headers)).status_code == 200
+    middleware.close()
+    (record,) = [json.loads(line) for line in trail.read_text().splitlines()]
+    assert (record["request_id"] == given) is kept
+
+
 async def test_json_log_format_carries_the_same_id(country_db: Path, caplog: pytest.LogCaptureFixture) -> None:
     middleware = GeofenceMiddleware(app, config={**policy(country_db), "logging": {"format": "json"}})
     with caplog.at_level(logging.INFO, logger="geofence.decision"):

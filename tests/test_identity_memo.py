@@ -183,3 +183,20 @@ async def test_whoever_reads_the_new_key_generation_finds_only_the_new_caches(
     assert wait_until(lambda: bool(seen))
     assert seen == [(before + 1, False)]  # the new generation was published after both caches were replaced
     middleware.close()
+
+
+async def test_a_private_jwk_in_the_jwks_does_not_stop_a_withdrawal(country_db: Path, jwks_server: JWKSServer) -> None:
+    """A JWKS that (wrongly) publishes a private JWK still replaces the keys: the withdrawn one stops vouching
+    (reading its key bytes once failed, and the refresh kept the old keys)."""
+    from jwt.algorithms import RSAAlgorithm
+
+    old = token()
+    middleware, verifier = await warmed(country_db, jwks_server.url, old)
+    before = verifier.generation
+    other = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    jwks_server.keys = [{**RSAAlgorithm.to_jwk(other, as_dict=True), "kid": "rsa-2", "use": "sig"}]  # with "d"
+    verifier._refresh("test")
+    assert wait_until(lambda: verifier.generation > before)
+    refused = await send(middleware, "GET", "/weights/a", headers=bearer(old))
+    assert refused.status_code == 401 and "unknown signing key" in refused.json()["reasons"][0]["detail"]
+    middleware.close()

@@ -190,20 +190,37 @@ def test_a_walk_that_lands_on_the_wrong_record_is_switched_off_everywhere(
     assert "disagreed with the reader" in caplog.text and asked.count(gb) <= 2
 
 
-def test_records_past_the_decoded_sample_are_learnt_all_the_same(
+def test_records_outside_the_checked_sample_are_left_to_the_reader(
     country_db: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The independent decode is a sample after the first records (a city database has a new record nearly
-    every lookup); a record outside the sample is learnt, not taken for a disagreement."""
+    """Past the first records every one of which is checked, only a sample is (a city database has a new
+    record nearly every lookup): a record not checked is never learnt, so a walk that landed on the wrong one
+    cannot answer for it; the reader does, every time."""
     import geofence.geoip.locator as locator_module
 
     monkeypatch.setattr(locator_module, "_DECODE_ALL", 1)
     monkeypatch.setattr(locator_module, "_DECODE_EVERY", 10**9)
     locator = Locator([country_db])
+    resolver = locator.native_trees()
     for ip in ("8.8.8.8", "81.2.69.142", "5.8.1.1", "2a02:ff0::1"):
         assert locator.lookup(ip).country is not None
-    assert locator.native and len(locator._records) == 4
-    assert locator.native_trees().locate(address_key("5.8.9.9")) is not None
+    assert locator.native and len(locator._records) == 1  # the first record only: checked, then learnt
+    assert resolver.locate(address_key("8.8.8.9")) is not None
+    assert resolver.locate(address_key("5.8.9.9")) is None  # not checked: the reader answers
+    real = locator._trees
+    landed = real.records(address_key("81.2.69.142"))
+
+    class Wrong:  # a walk that takes a Russian address for the British record, unchecked
+        def records(self, key: int) -> Any:
+            return landed if key == address_key("5.8.7.7") else real.records(key)
+
+        def locate(self, key: int) -> Any:
+            return None
+
+    locator._trees = Wrong()
+    assert locator.lookup("5.8.7.7").country == "RU"
+    locator._trees = real
+    assert resolver.locate(address_key("81.2.69.1")) is None  # nothing was learnt for that record
 
 
 @pytest.mark.parametrize("name", ["MaxMind-DB-test-broken-search-tree-24", "MaxMind-DB-test-broken-pointers-24"])
@@ -421,6 +438,58 @@ def test_private_marking_matches_the_reference() -> None:
         got = _sent(private_responses, copy.deepcopy(message))
         assert got == expected, message
     assert type(private_responses(lambda m: m)).__name__ == "PrivateSend"  # the native one was measured
+
+
+def test_private_marking_passes_keywords_and_odd_calls_as_the_reference_does() -> None:
+    """send(message=...), extra keywords, no argument: the native send hands each to the reference as a
+    partial would (a keyword value was once read as a dict: a crash)."""
+
+    def downstream(m: Any, **kw: Any) -> Any:
+        return ("sent", m, kw)
+
+    calls = [
+        lambda f: f(message={"type": "http.response.start", "headers": []}),
+        lambda f: f({"type": "http.response.start", "headers": []}, extra=1),
+        lambda f: f(),
+        lambda f: f({"type": "http.response.body"}, {"second": 1}),
+    ]
+    for call in calls:
+        outcomes = []
+        for make in (lambda send: partial(_send_private, send), private_responses):
+            try:
+                outcomes.append(call(make(downstream)))
+            except TypeError as exc:
+                outcomes.append(("raised", str(exc)))
+        assert outcomes[0] == outcomes[1]
+
+
+def test_private_marking_holds_the_headers_while_a_finalizer_drops_them() -> None:
+    """An allocation in the native send may run a collection, and a finalizer may take the headers out of the
+    message: the list being copied stays alive (it was read after free)."""
+    import gc
+
+    class Bomb:
+        def __init__(self, message: dict[str, Any]) -> None:
+            self.message, self.me = message, self
+
+        def __del__(self) -> None:
+            self.message.pop("headers", None)
+
+    send = private_responses(lambda m: m)
+    try:
+        for _ in range(500):
+            message = {"type": "http.response.start", "headers": [(b"content-type", b"text/plain")] * 5}
+            hold = [[] for _ in range(200)]  # the copy's list is a fresh allocation: a collection may run
+            gc.disable()
+            Bomb(message)
+            gc.set_threshold(1)
+            gc.enable()
+            out = send(message)
+            gc.set_threshold(700)
+            assert out["headers"][:5] == [(b"content-type", b"text/plain")] * 5 and len(hold) == 200
+    finally:
+        gc.set_threshold(700)
+        gc.enable()
 
 
 # --- templates: a new client with known facts on a known route -------------------------------------------------

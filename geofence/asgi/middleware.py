@@ -31,7 +31,7 @@ from ..native import describe, missing
 from ..policy.decision import AUDIT_UNAVAILABLE, ERROR, Decision, Reason, error_decision
 from ..policy.load import Policy
 from ..request.facts import Refused, key_size, read_request, request_key
-from ..request.ids import TRUST_KEY, request_id
+from ..request.ids import PEER_KEY, TRUST_KEY, request_id
 from .deciding import Decider, privacy
 from .health import health_report
 from .plumbing import (
@@ -215,13 +215,10 @@ class GeofenceMiddleware:
         reused = self._decider.reuse(state, key, forwarding) if key is not None else None
         if reused is not None:  # a new client on a route decided for its location before: facts not read
             front, seen = reused
-            if seen and state.admit():
-                state.front.put(key, front, key_size(key, forwarding))  # type: ignore[arg-type]
         else:
-            facts = read_request(scope, key, host, forwarding)
-            front, seen = self._decider.front(state, scope, facts)
-            if key is not None and seen and state.admit():
-                state.front.put(key, front, facts.size + (MEMO_BYTES if front.memo is not None else 0))
+            front, seen = self._decider.front(state, scope, read_request(scope, key, host, forwarding))
+        if key is not None and seen and state.admit():
+            state.front.put(key, front, key_size(key, forwarding) + (MEMO_BYTES if front.memo is not None else 0))
         if metrics is not None:
             metrics.miss(time.perf_counter() - started)
             if state.audit is not None:
@@ -397,4 +394,5 @@ def _publish(
     scope_state[MIDDLEWARE_KEY] = middleware
     scope_state[CLIENT_KEY] = where
     scope_state[TRUST_KEY] = state.peer_trusted
+    scope_state[PEER_KEY] = scope.get("client")
     return scope_state

@@ -143,7 +143,13 @@ class KeySet:
 
 
 def _public_bytes(key: Any) -> bytes:
-    """The DER SubjectPublicKeyInfo of a public key (RSA, EC, Ed25519, Ed448), or the raw bytes of a secret."""
+    """The DER SubjectPublicKeyInfo of a key (RSA, EC, Ed25519, Ed448; of its public half when a JWKS carried a
+    private one), or the raw bytes of a secret. Never raises: a key it cannot read is unlike every other, so
+    a set holding one always counts as changed (cached identities are dropped, never kept)."""
     if isinstance(key, bytes | bytearray):
         return bytes(key)
-    return bytes(key.public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo))
+    try:
+        public = key.public_key() if hasattr(key, "public_key") else key
+        return bytes(public.public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo))
+    except Exception:
+        return f"unreadable {type(key).__name__} {id(key)}".encode()

@@ -278,7 +278,18 @@ fail:
 
 /* request_key(...): the fast path, else the Python reference with the same arguments. */
 static PyObject *request_key(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    /* The scope's values fast_key reads are held for its whole run: an allocation there may run a collection,
+     * and a finalizer could replace them in the scope (fast_key then still reads the objects it began with). */
+    PyObject *held[5] = {NULL, NULL, NULL, NULL, NULL};
+    if (nargs >= 1 && PyDict_CheckExact(args[0])) {
+        PyObject *names[5] = {str_headers, str_client, str_path, str_root_path, str_method};
+        for (int i = 0; i < 5; i++) {
+            held[i] = PyDict_GetItemWithError(args[0], names[i]);  /* exact str keys: no error, no Python code */
+            Py_XINCREF(held[i]);
+        }
+    }
     PyObject *found = fast_key(args, nargs);
+    for (int i = 0; i < 5; i++) Py_XDECREF(held[i]);
     if (found != Py_None || reference_key == NULL) return found;
     Py_DECREF(found);
     return PyObject_Vectorcall(reference_key, args, (size_t)nargs, NULL);
@@ -683,31 +694,22 @@ static int cache_header(const char *name, Py_ssize_t len) {
 }
 
 /* 1: marked in place; 0: not a response start (send it as it is); -1: the reference must answer. */
-static int mark_private(PyObject *message) {
-    if (!PyDict_CheckExact(message)) return -1;
-    PyObject *type = PyDict_GetItemWithError(message, str_type);
-    if (type == NULL) return -1;  /* the reference raises KeyError (or passes on the error) */
-    if (!PyUnicode_CheckExact(type)) return -1;
-    int start = PyUnicode_Compare(type, str_start);
-    if (start == -1 && PyErr_Occurred()) return -1;
-    if (start != 0) return 0;
-    PyObject *headers = PyDict_GetItemWithError(message, str_headers);
-    if (headers == NULL && PyErr_Occurred()) return -1;
+/* mark_private's work on *headers* (held by the caller: an allocation below may run a finalizer that changes
+ * the message). */
+static int mark_headers(PyObject *message, PyObject *headers) {
     Py_ssize_t n = 0;
-    PyObject **items = NULL;
-    if (headers != NULL && headers != Py_None) {
+    if (headers != Py_None) {
         if (!PyList_CheckExact(headers) && !PyTuple_CheckExact(headers)) return -1;
         n = PySequence_Fast_GET_SIZE(headers);
-        items = PySequence_Fast_ITEMS(headers);
     }
-    for (Py_ssize_t i = 0; i < n; i++) {
-        PyObject *pair = items[i];
+    for (Py_ssize_t i = 0; i < n; i++) {  /* runs no Python code and allocates nothing */
+        PyObject *pair = PySequence_Fast_GET_ITEM(headers, i);
         if (!PyTuple_CheckExact(pair) || PyTuple_GET_SIZE(pair) != 2) return -1;
         PyObject *name = PyTuple_GET_ITEM(pair, 0);
         if (!PyBytes_CheckExact(name)) return -1;
         if (cache_header(PyBytes_AS_STRING(name), PyBytes_GET_SIZE(name))) return -1;
     }
-    /* A copy taken in one step (the scan above ran no Python code; an allocation here may), then the mark. */
+    /* A copy taken in one step, then the mark. */
     PyObject *marked = n == 0 ? PyList_New(0) : PySequence_List(headers);
     if (marked == NULL) return -1;
     if (PyList_Append(marked, private_header) < 0) { Py_DECREF(marked); return -1; }
@@ -716,26 +718,46 @@ static int mark_private(PyObject *message) {
     return rc < 0 ? -1 : 1;
 }
 
+/* 1: marked in place; 0: not a response start (send it as it is); -1: the reference must answer. */
+static int mark_private(PyObject *message) {
+    if (!PyDict_CheckExact(message)) return -1;
+    PyObject *type = PyDict_GetItemWithError(message, str_type);
+    if (type == NULL) return -1;  /* the reference raises KeyError (or passes on the error) */
+    if (!PyUnicode_CheckExact(type)) return -1;
+    int start = PyUnicode_Compare(type, str_start);  /* exact str: no Python code */
+    if (start == -1 && PyErr_Occurred()) return -1;
+    if (start != 0) return 0;
+    PyObject *headers = PyDict_GetItemWithError(message, str_headers);
+    if (headers == NULL && PyErr_Occurred()) return -1;
+    if (headers == NULL) headers = Py_None;
+    Py_INCREF(headers);
+    int rc = mark_headers(message, headers);
+    Py_DECREF(headers);
+    return rc;
+}
+
 static PyObject *PrivateSend_vectorcall(PyObject *callable, PyObject *const *args, size_t nargsf, PyObject *kw) {
     PrivateSendObject *self = (PrivateSendObject *)callable;
     Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
     if (nargs == 1 && kw == NULL) {
         PyObject *message = args[0];
+        Py_INCREF(message);
         int rc = mark_private(message);
-        if (rc >= 0) return PyObject_CallOneArg(self->send, message);
+        PyObject *result = rc >= 0 ? PyObject_CallOneArg(self->send, message) : NULL;
+        Py_DECREF(message);
+        if (rc >= 0) return result;
         if (PyErr_Occurred()) PyErr_Clear();  /* the reference meets the same input and words the error */
     }
-    PyObject *call[3] = {NULL, self->send, nargs >= 1 ? args[0] : NULL};
-    if (nargs != 1 || kw != NULL) {  /* as a partial would: the reference raises the TypeError */
-        PyObject *all = PyTuple_New(nargs + 1);
-        if (all == NULL) return NULL;
-        Py_INCREF(self->send); PyTuple_SET_ITEM(all, 0, self->send);
-        for (Py_ssize_t i = 0; i < nargs; i++) { Py_INCREF(args[i]); PyTuple_SET_ITEM(all, i + 1, args[i]); }
-        PyObject *result = PyObject_Call(self->reference, all, kw);
-        Py_DECREF(all);
-        return result;
-    }
-    return PyObject_Vectorcall(self->reference, call + 1, 2 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+    /* Anything else goes to the reference as a partial would pass it: send first, then the positional
+     * arguments, then the keyword values (*kw* is the tuple of their names). */
+    Py_ssize_t nkw = kw == NULL ? 0 : PyTuple_GET_SIZE(kw);
+    PyObject **all = PyMem_Malloc((size_t)(1 + nargs + nkw) * sizeof(PyObject *));
+    if (all == NULL) return PyErr_NoMemory();
+    all[0] = self->send;
+    for (Py_ssize_t i = 0; i < nargs + nkw; i++) all[i + 1] = args[i];
+    PyObject *result = PyObject_Vectorcall(self->reference, all, (size_t)(nargs + 1), kw);
+    PyMem_Free(all);
+    return result;
 }
 
 static int PrivateSend_traverse(PrivateSendObject *self, visitproc visit, void *arg) {

@@ -14,11 +14,14 @@ import uuid
 from collections.abc import Iterable, MutableMapping
 from typing import Any, Final
 
-__all__ = ["REQUEST_ID_KEY", "TRUST_KEY", "RequestId", "header_request_id", "pending_id", "request_id"]
+__all__ = ["PEER_KEY", "REQUEST_ID_KEY", "TRUST_KEY", "RequestId", "header_request_id", "pending_id", "request_id"]
 
 REQUEST_ID_KEY: Final = "geofence.request_id"
 TRUST_KEY: Final = "geofence.request_id.trusts"
 """In ``scope["state"]``: whether a peer (``scope["client"][0]``, None for a Unix socket) is a configured proxy."""
+PEER_KEY: Final = "geofence.request_id.client"
+"""In ``scope["state"]``: ``scope["client"]`` as the middleware saw it (an app or inner middleware may rewrite
+``scope["client"]`` before an id is fixed; the sender is the one geofence saw)."""
 _PENDING_KEY: Final = "geofence.request_id.pending"  # a RequestId not fixed yet
 
 _REQUEST_ID: Final = re.compile(rb"[A-Za-z0-9._:-]{1,64}")
@@ -26,7 +29,7 @@ _ID_PREFIX: Final = uuid.uuid4().hex[:12] + "-"  # unique per process; a counter
 _ID_COUNTER: Final = itertools.count(1)
 
 
-def header_request_id(headers: Iterable[tuple[bytes, bytes]], trusted: bool = True) -> str:
+def header_request_id(headers: Iterable[tuple[bytes, bytes]], trusted: bool = False) -> str:
     """The last ``X-Request-ID`` of *headers* when the sender is *trusted* and it is a plain token (a proxy that
     adds its own puts it after the client's), else a new id: unique per process (random prefix) and per request
     (a counter)."""
@@ -41,11 +44,12 @@ def header_request_id(headers: Iterable[tuple[bytes, bytes]], trusted: bool = Tr
 
 
 def trusted_sender(scope: MutableMapping[str, Any]) -> bool:
-    """Whether the middleware vouches for the peer that sent *scope* (a configured proxy)."""
-    trusts = scope.get("state", {}).get(TRUST_KEY)
+    """Whether the middleware vouches for the peer that sent *scope* (a configured proxy), as it saw the peer."""
+    state = scope.get("state", {})
+    trusts = state.get(TRUST_KEY)
     if trusts is None:
         return False
-    client = scope.get("client")
+    client = state.get(PEER_KEY)
     return bool(trusts(client[0] if client else None))
 
 
@@ -58,17 +62,22 @@ class RequestId:
     request later gets the same id. Lock-free: the first ``append`` wins and every reader takes ``[0]``.
     """
 
-    __slots__ = ("_fixed", "_scope")
+    __slots__ = ("_fixed", "_headers", "_trusted")
 
     def __init__(self, scope: MutableMapping[str, Any]) -> None:
-        self._scope = scope
+        # What the id is made of, taken now (the writer thread fixes it after the app has run, and the app may
+        # have rewritten the scope by then); whether the sender is a proxy is asked then, off the request path.
+        self._headers = scope.get("headers", ())
+        state = scope.get("state", {})
+        self._trusted = (state.get(TRUST_KEY), state.get(PEER_KEY))
         self._fixed: list[str] = []
 
     def __str__(self) -> str:
         fixed = self._fixed
         if not fixed:
-            scope = self._scope
-            fixed.append(header_request_id(scope.get("headers", ()), trusted_sender(scope)))
+            trusts, client = self._trusted
+            trusted = trusts is not None and bool(trusts(client[0] if client else None))
+            fixed.append(header_request_id(self._headers, trusted))
         return fixed[0]
 
 
