@@ -71,6 +71,14 @@ async def warmed(country_db: Path, url: str, value: str) -> tuple[GeofenceMiddle
     return middleware, state.verifier
 
 
+def rotate(jwks_server: JWKSServer, verifier: Any, keys: list[dict[str, Any]]) -> None:
+    """Publish *keys* as the JWKS and wait until the verifier has taken them as a key change."""
+    before = verifier.generation
+    jwks_server.keys = keys
+    verifier._refresh("test")
+    assert wait_until(lambda: verifier.generation > before)
+
+
 def bearer(value: str) -> dict[str, str]:
     return {"authorization": f"Bearer {value}"}
 
@@ -151,11 +159,8 @@ async def test_a_kid_reused_for_a_new_key_stops_vouching_for_the_old_one(
     """An emergency rotation that keeps the kid: identities the replaced key signed are forgotten."""
     old = token()
     middleware, verifier = await warmed(country_db, jwks_server.url, old)
-    before = verifier.generation
     replacement = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    jwks_server.keys = [jwk(replacement, "rsa-1")]  # the same kid, another key
-    verifier._refresh("test")
-    assert wait_until(lambda: verifier.generation > before)
+    rotate(jwks_server, verifier, [jwk(replacement, "rsa-1")])  # the same kid, another key
     refused = await send(middleware, "GET", "/weights/a", headers=bearer(old))
     assert refused.status_code == 401 and "signature" in refused.json()["reasons"][0]["detail"]
     assert (await send(middleware, "GET", "/weights/a", headers=bearer(token(replacement)))).status_code == 200
@@ -192,11 +197,8 @@ async def test_a_private_jwk_in_the_jwks_does_not_stop_a_withdrawal(country_db: 
 
     old = token()
     middleware, verifier = await warmed(country_db, jwks_server.url, old)
-    before = verifier.generation
     other = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    jwks_server.keys = [{**RSAAlgorithm.to_jwk(other, as_dict=True), "kid": "rsa-2", "use": "sig"}]  # with "d"
-    verifier._refresh("test")
-    assert wait_until(lambda: verifier.generation > before)
+    rotate(jwks_server, verifier, [{**RSAAlgorithm.to_jwk(other, as_dict=True), "kid": "rsa-2", "use": "sig"}])
     refused = await send(middleware, "GET", "/weights/a", headers=bearer(old))
     assert refused.status_code == 401 and "unknown signing key" in refused.json()["reasons"][0]["detail"]
     middleware.close()

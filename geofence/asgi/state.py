@@ -131,7 +131,7 @@ class State:
     templates: BoundedCache[tuple[Any, ...], tuple[Route, Decision, bool | None, bool]] = field(init=False)
     """(method, path, root path, host, location facts id, exempt) -> (route, decision, private, plain) of a
     one-spelling route decided by location alone: a new client with known facts on a known route costs one
-    lookup and a Location (the native path's cold request; see :meth:`geofence.asgi.deciding.Decider.front`)."""
+    lookup and a Location (the native path's cold request; see :meth:`geofence.asgi.deciding.Decider.reuse`)."""
     peers: BoundedCache[str | None, bool] = field(init=False)
     admissions: int = 0
     peer_trusted: Callable[[str | None], bool] = field(init=False)

@@ -46,11 +46,12 @@ def header_request_id(headers: Iterable[tuple[bytes, bytes]], trusted: bool = Fa
 def trusted_sender(scope: MutableMapping[str, Any]) -> bool:
     """Whether the middleware vouches for the peer that sent *scope* (a configured proxy), as it saw the peer."""
     state = scope.get("state", {})
-    trusts = state.get(TRUST_KEY)
-    if trusts is None:
-        return False
-    client = state.get(PEER_KEY)
-    return bool(trusts(client[0] if client else None))
+    return _vouched(state.get(TRUST_KEY), state.get(PEER_KEY))
+
+
+def _vouched(trusts: Any, client: Any) -> bool:
+    """Whether *trusts* (what the middleware published, or None) takes the peer of *client* for a proxy."""
+    return trusts is not None and bool(trusts(client[0] if client else None))
 
 
 class RequestId:
@@ -75,9 +76,7 @@ class RequestId:
     def __str__(self) -> str:
         fixed = self._fixed
         if not fixed:
-            trusts, client = self._trusted
-            trusted = trusts is not None and bool(trusts(client[0] if client else None))
-            fixed.append(header_request_id(self._headers, trusted))
+            fixed.append(header_request_id(self._headers, _vouched(*self._trusted)))
         return fixed[0]
 
 
